@@ -1,0 +1,18 @@
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("T2V_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_dir(tmp_path_factory):
+    """A complete tiny Wan-2.1 pipeline in diffusers layout (random init, real classes)."""
+    from track2view.tiny import save_tiny_wan
+
+    return save_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-wan")

@@ -1,0 +1,94 @@
+"""Atomic file writes and video read/write (PyAV).
+
+Every file this project writes goes through `atomic_path`: the content is written to a temporary
+sibling and renamed into place, so an interrupted job never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+
+class VideoError(ValueError):
+    """A video that cannot be read; the message names the file and the problem."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a video to RGB frames [T, H, W, 3] uint8 and return (frames, fps).
+
+    Raises VideoError (with the path and the reason) for a missing file, a container or codec PyAV
+    cannot decode, or a file without video frames.
+    """
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"video not found: {path}")
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"{path} has no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except VideoError:
+        raise
+    except Exception as e:  # PyAV raises several error types (InvalidDataError, DecoderNotFound, ...)
+        raise VideoError(f"cannot decode {path}: {e}. Convert it to H.264 mp4, e.g. "
+                         f"`ffmpeg -i {path.name} -c:v libx264 out.mp4`") from e
+    if not frames:
+        raise VideoError(f"{path} contains no decodable video frames")
+    return np.stack(frames), fps
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, crf: int = 18) -> Path:
+    """Encode RGB frames [T, H, W, 3] uint8 as H.264 mp4 (yuv420p), atomically.
+
+    Odd sizes are padded by one edge pixel, as yuv420p needs even sizes.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}")
+    if frames.dtype != np.uint8:
+        frames = np.clip(np.round(frames * 255.0 if frames.max() <= 1.0 else frames), 0, 255).astype(np.uint8)
+    ph, pw = frames.shape[1] % 2, frames.shape[2] % 2
+    if ph or pw:
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf)}
+            for f in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    return path
