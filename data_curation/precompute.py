@@ -1,0 +1,292 @@
+"""Stage 2: curated shards -> latent shards (docs/architecture.md "Shards"), so training never runs the VAE or T5.
+
+    python -m data_curation.precompute --shards IN_DIR --out OUT_DIR --model DIFFUSERS_WAN_DIR \
+        --height 480 --width 832 --num-frames 81 --batch-size 1 --device cuda --dtype bf16 [--keep-videos] \
+        [--rank R --world-size W]
+
+Per sample: both videos are cut to the first --num-frames frames, resized (aspect-preserving) and centre-
+cropped to --height x --width, and encoded separately by the Wan VAE; the caption by UMT5. Tracks and camera
+intrinsics are cut to the same frames and mapped to the cropped frame (points cropped away become invalid);
+`tracking.npz` is passed through unchanged (it describes the original source video).
+
+Resumable: an output shard is written atomically and an existing one is skipped. Shard i goes to rank
+i % world_size (one process per GPU: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK, or pass --rank/--world-size).
+Counts go to OUT/manifest.d/<shard>.json and are summed into OUT/manifest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from webdataset.gopen import gopen
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from track2view.data import schema
+from track2view.data.latents import CenterCrop, encode_prompt, encode_video, resize_and_crop
+from track2view.data.loader import resolve_shards
+from track2view.io import VideoError, atomic_path, read_video
+from track2view.tracks import PairedTracks
+
+log = logging.getLogger("precompute")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CONFIG_KEYS = ("height", "width", "num_frames", "model", "max_text_len")
+
+
+class SkipSample(ValueError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shards", required=True,
+                   help="stage-1 shards: a directory of .tar, a brace pattern, a glob, or several joined with '::'")
+    p.add_argument("--out", required=True, type=Path, help="output directory for the latent shards")
+    p.add_argument("--model", required=True, type=Path,
+                   help="diffusers Wan-2.1 directory (vae/, text_encoder/, tokenizer/)")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--num-frames", type=int, default=81, help="first frames kept; must be 4k+1")
+    p.add_argument("--batch-size", type=int, default=1, help="videos per VAE call (and prompts per T5 call)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="text encoder (and VAE) dtype")
+    p.add_argument("--vae-dtype", default=None, choices=sorted(DTYPES), help="VAE dtype (default: --dtype)")
+    p.add_argument("--max-text-len", type=int, default=512)
+    p.add_argument("--keep-videos", action="store_true", help="also copy source.mp4/target.mp4 into the output")
+    p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
+    p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    a = p.parse_args(argv)
+    if a.num_frames < 1 or (a.num_frames - 1) % 4:
+        p.error(f"--num-frames {a.num_frames} must be 4k+1 (e.g. 81, 49, 25) for the Wan VAE")
+    if a.height % 16 or a.width % 16:
+        p.error(f"--height/--width ({a.height}x{a.width}) must be multiples of 16 (VAE 8x, transformer patch 2)")
+    if not 0 <= a.rank < a.world_size:
+        p.error(f"--rank {a.rank} must be in [0, --world-size {a.world_size})")
+    for sub in ("vae", "text_encoder", "tokenizer"):
+        if not (a.model / sub).is_dir():
+            p.error(f"{a.model}/{sub} not found: --model must be a diffusers Wan-2.1 directory, e.g. "
+                    f"Wan-AI/Wan2.1-T2V-1.3B-Diffusers downloaded with `huggingface-cli download`")
+    return a
+
+
+# ---- one sample -----------------------------------------------------------------------------------------
+def _read_clip(data: bytes, key: str, member: str, num_frames: int, tmp: Path) -> np.ndarray:
+    path = tmp / f"{key}.{member}"
+    path.write_bytes(data)
+    try:
+        frames, _ = read_video(path, max_frames=num_frames)
+    except VideoError as e:
+        raise SkipSample("bad_video", f"{key}: {member}: {e}") from e
+    finally:
+        path.unlink()
+    if len(frames) < num_frames:
+        raise SkipSample("too_short", f"{key}: {member} has {len(frames)} frames, fewer than --num-frames {num_frames}")
+    return frames
+
+
+def prepare_sample(s: dict, args, tmp: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A decoded stage-1 sample -> (source frames, target frames [T, H0, W0, 3] uint8, output members without
+    the latents). Raises SkipSample naming the problem."""
+    key = s["__key__"]
+    missing = [m for m in (schema.SOURCE_VIDEO, schema.TARGET_VIDEO, schema.TRACKS) if m not in s]
+    if missing:
+        raise SkipSample("missing_member", f"{key}: missing members {missing}")
+    t = args.num_frames
+    clips = [_read_clip(s[m], key, m, t, tmp) for m in (schema.SOURCE_VIDEO, schema.TARGET_VIDEO)]
+    crops = [CenterCrop(c.shape[1:3], (args.height, args.width)) for c in clips]
+    try:
+        tracks = PairedTracks.from_numpy(s[schema.TRACKS]).validate()
+    except (KeyError, ValueError) as e:
+        raise SkipSample("bad_tracks", f"{key}: {schema.TRACKS}: {e}") from e
+    if tracks.num_frames < t:
+        raise SkipSample("too_short", f"{key}: tracks have {tracks.num_frames} frames, fewer than --num-frames {t}")
+    tracks = tracks.frames(torch.arange(t))
+    uv = torch.stack([crop.apply_uv(tracks.uv[v]) for v, crop in enumerate(crops)])
+    tracks = PairedTracks.from_projections(uv, tracks.depth, visible=tracks.valid)
+
+    out = {"__key__": key, schema.TRACKS: schema.encode_npz(tracks.to_numpy()),
+           schema.CAPTION: s.get(schema.CAPTION, "").encode()}
+    if schema.CAMERAS in s:
+        cams = s[schema.CAMERAS]
+        try:
+            k = np.stack([crop.apply_intrinsics(cams["intrinsics"][v, :t]) for v, crop in enumerate(crops)])
+            out[schema.CAMERAS] = schema.encode_npz({**cams, "c2w": cams["c2w"][:, :t], "intrinsics": k})
+        except (KeyError, IndexError, ValueError) as e:
+            raise SkipSample("bad_cameras", f"{key}: {schema.CAMERAS} must hold c2w [2,T,4,4] and intrinsics "
+                                            f"[2,T,3,3]: {e!r}") from e
+    if schema.TRACKING in s:
+        out[schema.TRACKING] = schema.encode_npz(s[schema.TRACKING])
+    meta = s.get(schema.META, {})
+    meta = dict(meta) if isinstance(meta, dict) else {"meta": meta}
+    meta["latents"] = {"height": args.height, "width": args.width, "num_frames": t,
+                       "crops": [{"input_hw": list(c.in_hw), "resized_hw": list(c.resized), "offset_yx": list(c.offset)}
+                                 for c in crops]}
+    out[schema.META] = schema.encode_json(meta)
+    if args.keep_videos:
+        out[schema.SOURCE_VIDEO], out[schema.TARGET_VIDEO] = s[schema.SOURCE_VIDEO], s[schema.TARGET_VIDEO]
+    return clips[0], clips[1], out
+
+
+# ---- one shard ------------------------------------------------------------------------------------------
+def read_shard(url: str, errors: list):
+    """Raw samples of a stage-1 shard; a read error ends the shard and is appended to `errors`."""
+    try:
+        with gopen(url) as stream:
+            yield from group_by_keys({**f, "__url__": url} for f in tar_file_iterator(stream))
+    except Exception as e:
+        errors.append(f"{type(e).__name__}: {e}")
+        log.warning("shard %s is unreadable after the samples read so far: %r", url, e)
+
+
+def _finite_fp16(name: str, key: str, x: torch.Tensor) -> np.ndarray:
+    a = x.float().cpu().numpy().astype(np.float16)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{key}: {name} is not finite in float16 (model or dtype problem; try --dtype fp32)")
+    return a
+
+
+def encode_batch(batch: list, models: dict, args) -> list[dict]:
+    """[(source frames, target frames, members)] -> members with latents and prompt embeddings added.
+
+    Frames are resized and cropped on the VAE's device (a 1280x1280x81 clip is 1.6 GB as float32)."""
+    device = next(models["vae"].parameters()).device
+
+    def videos(view: int) -> torch.Tensor:  # [B, 3, T, H, W] in [-1, 1]
+        return torch.stack([resize_and_crop(torch.from_numpy(b[view]).to(device), args.height, args.width)
+                            for b in batch])
+
+    src = encode_video(models["vae"], videos(0))
+    tgt = encode_video(models["vae"], videos(1))
+    captions = [b[2][schema.CAPTION].decode() for b in batch]
+    text = encode_prompt(models["tokenizer"], models["text_encoder"], captions, max_length=args.max_text_len)
+    out = []
+    for (_, _, members), s, g, e in zip(batch, src, tgt, text):
+        key = members["__key__"]
+        out.append({**members, schema.SOURCE_LATENTS: schema.encode_npy(_finite_fp16("source latents", key, s)),
+                    schema.TARGET_LATENTS: schema.encode_npy(_finite_fp16("target latents", key, g)),
+                    schema.PROMPT_EMBEDS: schema.encode_npy(_finite_fp16("prompt embeddings", key, e))})
+    return out
+
+
+def process_shard(url: str, out_path: Path, models: dict, args) -> dict:
+    """Convert one shard; write it (atomically) with its manifest record; return the record."""
+    record = {"shard": out_path.name, "input": url, "samples": 0, "skipped": Counter(), "skipped_keys": [],
+              "error": None}
+    errors, pending = [], []
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(out_path) as tmp_out:
+        with wds.TarWriter(str(tmp_out), encoder=False) as writer:
+            def flush():
+                for sample in encode_batch(pending, models, args):
+                    writer.write(sample)
+                    record["samples"] += 1
+                pending.clear()
+
+            for raw in read_shard(url, errors):
+                key = raw["__key__"]
+                try:
+                    pending.append(prepare_sample(schema.decode_sample(raw), args, Path(tmp)))
+                except (SkipSample, ValueError) as e:
+                    reason = getattr(e, "reason", "decode_error")
+                    record["skipped"][reason] += 1
+                    record["skipped_keys"].append([key, reason])
+                    log.warning("skipped sample (%s): %s", reason, e)
+                if len(pending) >= args.batch_size:
+                    flush()
+            if pending:
+                flush()
+        record["error"] = errors[0] if errors else None
+        record["skipped"] = dict(record["skipped"])
+        # the record goes first, the shard is renamed into place after it: an existing shard implies its record
+        _write_json(args.out / "manifest.d" / f"{out_path.name}.json", record)
+    return record
+
+
+# ---- driver ---------------------------------------------------------------------------------------------
+def _write_json(path: Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+
+
+def check_config(args) -> None:
+    """Record the run's configuration in OUT/precompute.json; refuse to mix configurations in one OUT."""
+    config = {"height": args.height, "width": args.width, "num_frames": args.num_frames,
+              "model": str(args.model.resolve()), "max_text_len": args.max_text_len,
+              "dtype": args.dtype, "vae_dtype": args.vae_dtype or args.dtype, "keep_videos": args.keep_videos}
+    path = args.out / "precompute.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), config[k]) for k in CONFIG_KEYS if old.get(k) != config[k]}
+        if diff:
+            raise SystemExit(f"{args.out} holds shards precomputed with other settings {diff} (old, new); "
+                             f"use another --out or the same settings")
+    else:
+        _write_json(path, config)
+
+
+def write_manifest(out: Path) -> dict:
+    """Sum all per-shard records into OUT/manifest.json (any rank may call it; the last one is complete)."""
+    records = [json.loads(p.read_text()) for p in sorted((out / "manifest.d").glob("*.json"))]
+    records = [r for r in records if (out / r["shard"]).exists()]
+    skipped = Counter()
+    for r in records:
+        skipped.update(r["skipped"])
+    manifest = {"shards": len(records), "samples": sum(r["samples"] for r in records), "skipped": dict(skipped),
+                "shard_errors": {r["shard"]: r["error"] for r in records if r["error"]},
+                "config": json.loads((out / "precompute.json").read_text()),
+                "per_shard": {r["shard"]: {"samples": r["samples"], "skipped": r["skipped"]} for r in records}}
+    _write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_models(args) -> dict:
+    from diffusers import AutoencoderKLWan
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    device = args.device
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', args.rank)) % torch.cuda.device_count()}"
+    vae = AutoencoderKLWan.from_pretrained(args.model / "vae", torch_dtype=DTYPES[args.vae_dtype or args.dtype])
+    text_encoder = UMT5EncoderModel.from_pretrained(args.model / "text_encoder", torch_dtype=DTYPES[args.dtype])
+    tokenizer = AutoTokenizer.from_pretrained(args.model / "tokenizer")
+    return {"vae": vae.to(device).eval(), "text_encoder": text_encoder.to(device).eval(), "tokenizer": tokenizer}
+
+
+def run(args) -> dict:
+    urls = resolve_shards(args.shards)
+    names = [Path(u).name for u in urls]
+    if len(set(names)) != len(names):
+        raise SystemExit("input shards have duplicate file names; give shards with unique names")
+    args.out.mkdir(parents=True, exist_ok=True)
+    check_config(args)
+    mine = [(u, args.out / n) for i, (u, n) in enumerate(zip(urls, names)) if i % args.world_size == args.rank]
+    todo = [(u, o) for u, o in mine if not o.exists()]
+    log.info("rank %d/%d: %d shards, %d done already, %d to do", args.rank, args.world_size, len(mine),
+             len(mine) - len(todo), len(todo))
+    models = load_models(args) if todo else None
+    for url, out_path in todo:
+        start = time.time()
+        record = process_shard(url, out_path, models, args)
+        print(json.dumps({"shard": record["shard"], "samples": record["samples"], "skipped": record["skipped"],
+                          "error": record["error"], "seconds": round(time.time() - start, 1)}), flush=True)
+    return write_manifest(args.out)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    manifest = run(parse_args(argv))
+    print(json.dumps({k: manifest[k] for k in ("shards", "samples", "skipped", "shard_errors")}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
