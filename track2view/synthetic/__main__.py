@@ -1,0 +1,4 @@
+from track2view.synthetic.generate import main
+
+if __name__ == "__main__":
+    main()

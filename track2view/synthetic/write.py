@@ -1,0 +1,109 @@
+"""Write scenes in MultiCamVideo's layout, plus the ground truth the oracle tracker reads.
+
+    <root>/<lens>/scene<N>/videos/cam01.mp4 ...          H.264, `fps` frames per second
+    <root>/<lens>/scene<N>/cameras/camera_extrinsics.json  Unreal row-vector c2w, centimetres
+    <root>/<lens>/scene<N>/ground_truth/cameras.npz       c2w [K, T, 4, 4] float64 (OpenCV, metres, world),
+                                                          intrinsics [3, 3] (normalized), names [K]
+    <root>/<lens>/scene<N>/ground_truth/scene.json        the scene spec (written last: marks the scene complete)
+    <root>/metadata.csv                                   file_name,text (path relative to <root>)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from track2view.cameras import write_multicam_cameras
+from track2view.io import atomic_path
+from track2view.synthetic.render import render
+from track2view.synthetic.scene import scene_cameras
+
+GROUND_TRUTH_DIR = "ground_truth"
+SPEC_FILE = "scene.json"
+CAMERAS_FILE = "cameras.npz"
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
+    """H.264 mp4 (yuv420p) of RGB frames [T, H, W, 3] uint8 (even H, W), atomically and bit-reproducibly.
+
+    Like `track2view.io.write_video`, plus what makes the bytes a pure function of the frames: libx264's
+    macroblock-tree rate control is off (measured with this PyAV build: with mb-tree on, encoding the
+    same frames twice in one process gives different files, even with one thread), explicit frame
+    timestamps, and one encoder thread (each scene is written by its own worker process anyway).
+    """
+    import av
+    from fractions import Fraction
+
+    path = Path(path)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[1] % 2 \
+            or frames.shape[2] % 2:
+        raise ValueError(f"frames must be [T, H, W, 3] uint8 with even H and W, got {frames.shape} {frames.dtype}")
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            stream.options = {"crf": str(crf), "threads": "1", "x264-params": "mbtree=0"}
+            time_base = Fraction(1, 1) / stream.codec_context.framerate
+            stream.codec_context.time_base = time_base
+            for i, f in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+                frame.pts, frame.time_base = i, time_base
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    return path
+
+
+def scene_dir(root: str | os.PathLike, spec: dict) -> Path:
+    return Path(root) / spec["lens"] / spec["name"]
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    return (Path(path) / GROUND_TRUTH_DIR / SPEC_FILE).is_file()
+
+
+def write_scene(root: str | os.PathLike, spec: dict, supersample: int = 2, crf: int = 18) -> Path:
+    """Render every camera of `spec` and write the scene directory (see the module docstring)."""
+    out = scene_dir(root, spec)
+    names, c2w, K = scene_cameras(spec)
+    for name, cam in zip(names, c2w):
+        frames, _ = render(spec, cam, K, supersample=supersample)
+        write_video(out / "videos" / f"{name}.mp4", frames, fps=spec["fps"], crf=crf)
+    write_multicam_cameras(out / "cameras" / "camera_extrinsics.json", dict(zip(names, c2w)))
+    with atomic_path(out / GROUND_TRUTH_DIR / CAMERAS_FILE) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, c2w=c2w, intrinsics=K, names=np.asarray(names))
+    with atomic_path(out / GROUND_TRUTH_DIR / SPEC_FILE) as tmp:
+        Path(tmp).write_text(json.dumps(spec, indent=1))
+    return out
+
+
+def load_ground_truth(path: str | os.PathLike) -> tuple[dict, list[str], np.ndarray, np.ndarray]:
+    """(spec, camera names [K], c2w [K, T, 4, 4], normalized intrinsics [3, 3]) of a written scene directory."""
+    path = Path(path)
+    if not is_complete(path):
+        raise FileNotFoundError(f"{path} has no synthetic ground truth ({GROUND_TRUTH_DIR}/{SPEC_FILE}); the oracle "
+                                f"tracker only works on scenes written by `python -m track2view.synthetic`")
+    spec = json.loads((path / GROUND_TRUTH_DIR / SPEC_FILE).read_text())
+    with np.load(path / GROUND_TRUTH_DIR / CAMERAS_FILE, allow_pickle=False) as f:
+        return spec, [str(n) for n in f["names"]], f["c2w"], f["intrinsics"]
+
+
+def write_metadata(root: str | os.PathLike) -> Path:
+    """Write `<root>/metadata.csv` (file_name,text) for every complete scene under root, sorted."""
+    root = Path(root)
+    rows = []
+    for spec_file in sorted(root.glob(f"*/scene*/{GROUND_TRUTH_DIR}/{SPEC_FILE}")):
+        spec = json.loads(spec_file.read_text())
+        scene = spec_file.parent.parent
+        for name in spec["cameras"]["names"]:
+            rows.append((f"{scene.relative_to(root).as_posix()}/videos/{name}.mp4", spec["caption"]))
+    with atomic_path(root / "metadata.csv") as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file_name", "text"])
+            writer.writerows(rows)
+    return root / "metadata.csv"

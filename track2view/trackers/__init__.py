@@ -1,0 +1,5 @@
+"""3D point trackers behind one interface: `get_tracker(name, **options).track(video, queries, frame_sources)`."""
+
+from track2view.trackers.base import PointTracker, TrackingResult, available_trackers, get_tracker
+
+__all__ = ["PointTracker", "TrackingResult", "available_trackers", "get_tracker"]
