@@ -1,0 +1,242 @@
+"""Seconds per re-rendered video: Track2View's denoising loop vs the plain diffusers Wan loop, side by side.
+
+Wan2.1-1.3B shape, random init (no weights needed), 480x832x81 by default: source + target latents
+[1, 16, 2x21, 60, 104] = 65,520 tokens, 50 UniPC steps with CFG (batch 2), 1152 random tracks.
+
+* ours: `Track2ViewPipeline.denoise` (the loop the pipeline runs: clean source | noisy target, conditioner
+  hook, LoRA r=64 on attention + FFN, CFG batch 2, scheduler step on the target only). Variants: track tokens
+  computed once per video (default) or at every step (_nocache), the LoRA fused into the base weights
+  (_fused), compiled blocks (_compiled); --attention-backend for all.
+* plain: the loop of shared/bench/wan_infer_step.py (bare WanTransformer3DModel, same tokens, batch 2) plus
+  the same CFG combine + scheduler step, i.e. what re-rendering costs without tracks or LoRA.
+
+To fit a 10-minute budget each variant runs `--warmup` denoising steps and then times `--steps` steps
+(a UniPC run of that many steps: per-step cost does not depend on the step count); seconds per video are
+extrapolated to 50 steps and flagged "extrapolated". Conditioner time is measured with CUDA events around
+the conditioner call inside the same steps. One JSON line per variant.
+
+    python bench/infer_video.py                      # H200: all variants
+    python bench/infer_video.py --tiny --device cpu  # smoke test on CPU (tiny shapes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from track2view.tiny import TINY_TRANSFORMER, WAN_1_3B  # noqa: E402
+from track2view.tracks import PairedTracks  # noqa: E402
+
+VIDEO_STEPS = 50
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ConditionerTimer:
+    """Accumulates the time spent in a module's forward (CUDA events on GPU, wall clock on CPU)."""
+
+    def __init__(self, module, device):
+        self.device, self.spans, self.seconds = device, [], 0.0
+        self.handles = [module.register_forward_pre_hook(self._start), module.register_forward_hook(self._stop)]
+
+    def _start(self, *_):
+        if self.device.type == "cuda":
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.spans.append([e, None])
+        else:
+            self.spans.append([time.perf_counter(), None])
+
+    def _stop(self, *_):
+        if self.device.type == "cuda":
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.spans[-1][1] = e
+        else:
+            self.spans[-1][1] = time.perf_counter()
+
+    def reset(self):
+        self.spans = []
+
+    def total(self) -> float:
+        sync(self.device)
+        if self.device.type == "cuda":
+            return sum(a.elapsed_time(b) for a, b in self.spans) / 1000.0
+        return sum(b - a for a, b in self.spans)
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def make_inputs(args, device, dtype, text_dim):
+    lf, lh, lw = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(1, 16, lf, lh, lw, generator=g).to(device)
+    embeds = torch.randn(1, args.text_len, text_dim, generator=g).to(device, dtype)
+    negative = torch.randn(1, args.text_len, text_dim, generator=g).to(device, dtype)
+    tracks = PairedTracks.from_projections(torch.rand(2, lf, args.tracks, 2, generator=g),
+                                           1 + 4 * torch.rand(2, lf, args.tracks, generator=g))
+    return source, embeds, negative, tracks
+
+
+def scheduler():
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+                                   flow_shift=3.0)
+
+
+def plain_loop(model, source, embeds, negative, steps, guidance=5.0):
+    """The plain diffusers loop: bare Wan forward on [source | target], CFG batch 2, scheduler step."""
+    sched = scheduler()
+    sched.set_timesteps(steps, device=source.device)
+    latents = torch.randn_like(source)
+    emb = torch.cat([negative, embeds])
+    f = source.shape[2]
+    for t in sched.timesteps:
+        x = torch.cat([source, latents], 2).to(emb.dtype).expand(2, -1, -1, -1, -1)
+        out = model(hidden_states=x, timestep=t.expand(2), encoder_hidden_states=emb, return_dict=False)[0]
+        uncond, cond = out[:, :, f:].float().chunk(2)
+        latents = sched.step(uncond + guidance * (cond - uncond), t, latents, return_dict=False)[0]
+    return latents
+
+
+def timed(fn, device, warmup_steps, steps, timer=None):
+    fn(warmup_steps)
+    sync(device)
+    if timer is not None:
+        timer.reset()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    fn(steps)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    cond = timer.total() if timer is not None else 0.0
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return seconds, cond, peak
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny model and shapes (CPU smoke test)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=832)
+    p.add_argument("--frames", type=int, default=81)
+    p.add_argument("--tracks", type=int, default=1152)
+    p.add_argument("--text-len", type=int, default=512)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per variant (extrapolated to 50)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, cudnn autotune)")
+    p.add_argument("--variants", default="plain,ours_nocache,ours,ours_fused,plain_compiled,ours_fused_compiled",
+                   help="comma list of plain[_compiled] and ours[_nocache][_fused][_compiled]: _nocache runs the "
+                        "conditioner at every step, _fused merges the LoRA, _compiled uses compile_repeated_blocks")
+    p.add_argument("--attention-backend", default=None, help="diffusers attention backend for every variant, "
+                   "e.g. _native_cudnn, flash (default: PyTorch SDPA)")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.height, args.width, args.frames, args.tracks, args.text_len = 32, 48, 9, 64, 16
+        args.steps, args.warmup = min(args.steps, 2), 1
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    wan_config = {**(TINY_TRANSFORMER if args.tiny else WAN_1_3B)}
+    conditioner = {"width": 32, "num_heads": 2, "num_layers": 2} if args.tiny else {}
+    lora = {"rank": 4, "alpha": 4.0} if args.tiny else {"rank": 64, "alpha": 64.0}
+
+    source, embeds, negative, tracks = make_inputs(args, device, dtype, wan_config["text_dim"])
+    lf, lh, lw = source.shape[2:]
+    patch = wan_config["patch_size"]
+    tokens = 2 * lf * (lh // patch[1]) * (lw // patch[2])
+    common = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", dtype=str(dtype),
+                  shape=[args.frames, args.height, args.width], tokens=tokens, cfg_batch=2, tracks=args.tracks,
+                  attention_backend=args.attention_backend or "default", timed_steps=args.steps,
+                  extrapolated_to=VIDEO_STEPS, torch=torch.__version__)
+    print(json.dumps({"event": "config", **common}), flush=True)
+
+    rows = {}
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        try:
+            row = run_variant(variant, args, device, dtype, wan_config, conditioner, lora, source, embeds, negative,
+                              tracks)
+        except Exception as e:  # one failing variant (e.g. a compile error) must not hide the others
+            row = {"variant": variant, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        print(json.dumps(row), flush=True)
+        rows[variant] = row
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    # seconds per video of each of our variants relative to the plain loop (compiled vs compiled)
+    ratios = {}
+    for name, row in rows.items():
+        plain = rows.get("plain_compiled" if name.endswith("_compiled") else "plain", {})
+        if name.startswith("ours") and "video_50steps_cfg_s" in row and plain.get("video_50steps_cfg_s"):
+            ratios[name] = round(row["video_50steps_cfg_s"] / plain["video_50steps_cfg_s"], 3)
+    print(json.dumps({"event": "summary", "video_s_relative_to_plain": ratios, "extrapolated": True}), flush=True)
+
+
+def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, source, embeds, negative, tracks):
+    from diffusers import WanTransformer3DModel
+
+    from track2view.pipeline import Track2ViewPipeline
+    from track2view.transformer import Track2ViewTransformer
+
+    compiled, fused, cache = variant.endswith("_compiled"), "_fused" in variant, "_nocache" not in variant
+    torch.manual_seed(0)
+    timer = None
+    with torch.device(device):  # initialise the random weights on the device directly
+        if variant.startswith("plain"):
+            model = WanTransformer3DModel.from_config(wan_config).to(device, dtype).eval()
+            base = model
+            fn = lambda n: plain_loop(model, source, embeds, negative, n)  # noqa: E731
+        elif variant.startswith("ours"):
+            model = Track2ViewTransformer.from_config(wan_config, torch_dtype=dtype, conditioner_config=conditioner,
+                                                      lora=lora).to(device).eval()
+            pipe = Track2ViewPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
+                                      scheduler=scheduler())
+            pipe.set_progress_bar_config(disable=True)
+            if fused:
+                pipe.fuse_lora()
+            base, timer = model.transformer, ConditionerTimer(model.conditioner, device)
+            fn = lambda n: pipe.denoise(source, embeds, tracks, negative, num_inference_steps=n,  # noqa: E731
+                                        guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
+                                        cache_track_tokens=cache)
+        else:
+            raise ValueError(f"unknown variant {variant!r}")
+    if args.attention_backend:
+        base.set_attention_backend(args.attention_backend)
+    if compiled:
+        base.compile_repeated_blocks(fullgraph=True)
+    try:
+        with torch.no_grad():
+            t_start = time.perf_counter()
+            seconds, cond_s, peak = timed(fn, device, args.warmup, args.steps, timer)
+            setup_s = time.perf_counter() - t_start - seconds
+    finally:
+        if timer is not None:
+            timer.remove()
+    # the timed run is one denoise call: with cached track tokens it holds one conditioner call for the whole
+    # video, without it one per step; the DiT part scales with the step count
+    dit_per_step = (seconds - cond_s) / args.steps
+    cond_video = cond_s if (variant.startswith("ours") and cache) else cond_s / args.steps * VIDEO_STEPS
+    video = dit_per_step * VIDEO_STEPS + cond_video
+    return {"variant": variant, "step_s": round(seconds / args.steps, 4), "video_50steps_cfg_s": round(video, 2),
+            "extrapolated": True, "dit_s_per_step": round(dit_per_step, 4),
+            "conditioner_s_per_video": round(cond_video, 3),
+            "conditioner_share": round(cond_video / video, 4) if video else None,
+            "warmup_s": round(setup_s, 1), "peak_GiB": round(peak, 2) if peak is not None else None}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

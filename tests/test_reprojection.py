@@ -1,0 +1,151 @@
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from track2view.cameras import project
+from track2view.data.latents import CenterCrop
+from track2view.reprojection import (NoValidTracksError, median_depth, prepare_tracks, query_points, reproject)
+from track2view.tracks import SOURCE, TARGET
+from track2view.trajectories import make_trajectory, rotation
+
+T, N = 9, 40
+
+
+def toy_tracking(t=T, n=N, size=(64, 64), seed=0, metric=True):
+    """A handheld source camera looking at points 3-6 m ahead (the schema of docs/architecture.md)."""
+    rng = np.random.default_rng(seed)
+    c2w = np.stack([np.eye(4)] * t)
+    for i in range(t):
+        c2w[i, :3, :3] = rotation([0, 1, 0], 0.5 * i)
+        c2w[i, :3, 3] = [0.02 * i, 0.0, 0.01 * i]
+    k = np.array([[1.0, 0, 0.5], [0, 1.0, 0.5], [0, 0, 1]])
+    pts0 = np.stack([rng.uniform(-1, 1, n), rng.uniform(-2, 2, n), rng.uniform(3, 6, n)], -1)
+    pts = pts0[None] + np.linspace(0, 0.1, t)[:, None, None] * np.array([1.0, 0, 0])  # points drift right
+    visible = rng.random((t, n)) > 0.1
+    return SimpleNamespace(c2w=c2w.astype(np.float32), intrinsics=np.broadcast_to(k, (t, 3, 3)).astype(np.float32),
+                           points_world=pts.astype(np.float32), visible=visible, metric=np.array(metric),
+                           image_size=np.array(size, dtype=np.int64))
+
+
+def test_queries_half_first_half_last_frame_spread_over_the_image():
+    q = query_points(81, 1152, 480, 832)
+    assert q.shape == (1152, 3) and q.dtype == np.float32
+    assert (q[:576, 0] == 0).all() and (q[576:, 0] == 80).all()
+    assert (q[:, 1:] > 0).all() and (q[:, 1:] < 1).all()
+    for half in (q[:576], q[576:]):
+        assert len(np.unique(half[:, 1:], axis=0)) == 576
+        assert half[:, 1].min() < 0.05 and half[:, 1].max() > 0.95 and half[:, 2].min() < 0.05
+    odd = query_points(9, 7)
+    assert (odd[:, 0] == 0).sum() == 4 and (odd[:, 0] == 8).sum() == 3
+    with pytest.raises(ValueError, match="at least 2"):
+        query_points(9, 1)
+
+
+def test_identity_trajectory_reproduces_the_source_tracks():
+    tracking = toy_tracking()
+    tracks = reproject(tracking, tracking.c2w)
+    assert tracks.depth.shape == (2, T, N)
+    torch.testing.assert_close(tracks.uv[TARGET], tracks.uv[SOURCE])
+    uv, depth = project(tracking.points_world.astype(np.float64), tracking.c2w.astype(np.float64),
+                        tracking.intrinsics.astype(np.float64))
+    np.testing.assert_allclose(tracks.uv[SOURCE].numpy(), uv, atol=1e-6)
+    inside = ((uv >= 0) & (uv <= 1)).all(-1) & (depth > 0)
+    # source validity includes the tracker's visibility; the target's is geometric only
+    np.testing.assert_array_equal(tracks.valid[SOURCE].numpy(), inside & tracking.visible)
+    np.testing.assert_array_equal(tracks.valid[TARGET].numpy(), inside)
+
+
+def test_target_validity_is_positive_depth_and_inside_the_frame():
+    tracking = toy_tracking()
+    behind = make_trajectory("pan_right", T, 180, mode="direct").target_c2w(tracking.c2w)
+    tracks = reproject(tracking, behind)
+    assert (tracks.depth[TARGET] < 0).all() and not tracks.valid[TARGET].any()
+    aside = make_trajectory("pan_right", T, 60, mode="direct").target_c2w(tracking.c2w)  # out of a 53 deg view
+    tracks = reproject(tracking, aside)
+    assert (tracks.depth[TARGET] > 0).all() and not tracks.valid[TARGET].any()
+
+
+def test_crop_to_the_model_size_moves_tracks_like_the_frames():
+    tracking = toy_tracking(size=(64, 64))
+    full = reproject(tracking, tracking.c2w)
+    cropped = reproject(tracking, tracking.c2w, image_size=(32, 48))  # cover 48x48, crop 8 rows top and bottom
+    expected = CenterCrop((64, 64), (32, 48)).apply_uv(full.uv.numpy())
+    np.testing.assert_allclose(cropped.uv.numpy(), expected, atol=1e-5)
+    assert cropped.valid.sum() < full.valid.sum()
+
+
+def test_prepare_tracks_subsamples_to_the_latent_stride_and_pads():
+    tracking = toy_tracking()
+    traj = make_trajectory("arc_left", T, 10, pivot_depth=median_depth(tracking))
+    prepared = prepare_tracks(tracking, traj, T, num_tracks=64)
+    assert prepared.full.depth.shape == (2, T, 64) and prepared.latent.depth.shape == (2, 3, 64)
+    torch.testing.assert_close(prepared.latent.uv, prepared.full.uv[:, ::4])
+    assert not prepared.full.valid[:, :, N:].any()  # padding is invalid
+    np.testing.assert_allclose(prepared.target_c2w, traj.target_c2w(tracking.c2w.astype(np.float64)))
+    # a longer tracking is cut to the clip; a shorter one is refused
+    assert prepare_tracks(tracking, make_trajectory("dolly_in", 5, 0.5), 5).full.num_frames == 5
+    with pytest.raises(ValueError, match="cover 9 frames but 13"):
+        prepare_tracks(tracking, make_trajectory("dolly_in", 13, 0.5), 13)
+
+
+def test_no_valid_target_track_names_the_trajectory():
+    tracking = toy_tracking()
+    with pytest.raises(NoValidTracksError, match="'pan_left'.*--amount"):
+        prepare_tracks(tracking, make_trajectory("pan_left", T, 170, mode="direct"), T)
+
+
+def test_median_depth_of_visible_points():
+    tracking = toy_tracking()
+    _, depth = project(tracking.points_world.astype(np.float64), tracking.c2w.astype(np.float64),
+                       tracking.intrinsics.astype(np.float64))
+    assert median_depth(tracking) == pytest.approx(np.median(depth[tracking.visible]), rel=1e-6)
+    assert 3 < median_depth(tracking) < 6
+
+
+# ---- against the ground truth of a synthetic scene (oracle tracker) --------------------------------------
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    from track2view.synthetic import random_scene, write_scene
+
+    spec = random_scene(seed=3, index=0, num_cameras=3, height=32, width=48, num_frames=9, lens="f24_aperture5")
+    return write_scene(tmp_path_factory.mktemp("scenes"), spec, supersample=1)
+
+
+def test_reprojected_tracks_match_the_ground_truth_target_tracks(scene, tmp_path):
+    """Track cam01 with the oracle, re-render towards cam03 given as a custom pose file (relative to the source
+    camera at frame 0): the reprojected target tracks equal the oracle's tracks of cam03 within 0.5 px."""
+    from track2view.io import read_video
+    from track2view.reprojection import track_video
+    from track2view.synthetic import load_ground_truth
+    from track2view.trackers import get_tracker
+    from track2view.trajectories import load_poses, save_poses
+
+    _, names, c2w, _ = load_ground_truth(scene)
+    src, tgt = scene / "videos" / "cam01.mp4", scene / "videos" / "cam03.mp4"
+    frames, _ = read_video(src)
+    t, h, w = frames.shape[:3]
+    tracking = track_video(frames, "oracle", 96, [(str(src), i) for i in range(t)])
+    assert tracking.metric and tracking.num_points == 96
+
+    poses = np.linalg.inv(c2w[0, 0]) @ c2w[2]  # cam03 relative to cam01 at frame 0
+    trajectory = load_poses(save_poses(tmp_path / "cam03.json", poses), t)
+    prepared = prepare_tracks(tracking, trajectory, t)
+    np.testing.assert_allclose(prepared.target_c2w, c2w[2], atol=1e-4)
+
+    # ground truth: the same queries tracked by the oracle through cam01 then cam03 (one sequence)
+    queries = query_points(t, 96, h, w)
+    both = np.concatenate([frames, read_video(tgt)[0]])
+    sources = [(str(src), i) for i in range(t)] + [(str(tgt), i) for i in range(t)]
+    truth = get_tracker("oracle").track(both, queries, sources)
+    uv_true, depth_true = truth.project()
+    seen = truth.visible[t:]
+    assert seen.sum() > 50
+    err_px = np.abs(prepared.full.uv[TARGET].numpy() - uv_true[t:]) * [w, h]
+    assert err_px[seen].max() < 0.5
+    np.testing.assert_allclose(prepared.full.depth[TARGET].numpy()[seen], depth_true[t:][seen], rtol=1e-4)
+    assert prepared.full.valid[TARGET].numpy()[seen].all()  # visible in the truth => valid in ours
+    # and the source half equals the oracle's own source tracks
+    err_src = np.abs(prepared.full.uv[SOURCE].numpy() - uv_true[:t]) * [w, h]
+    assert err_src[truth.visible[:t]].max() < 0.5
