@@ -64,10 +64,14 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[
     return np.stack(frames), fps
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, crf: int = 18) -> Path:
-    """Encode RGB frames [T, H, W, 3] uint8 as H.264 mp4 (yuv420p), atomically.
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, crf: int = 18,
+                threads: int = 1) -> Path:
+    """Encode RGB frames [T, H, W, 3] (uint8, or float in [0, 1]) as H.264 mp4 (yuv420p), atomically.
 
-    Odd sizes are padded by one edge pixel, as yuv420p needs even sizes.
+    The bytes are a pure function of the frames: libx264's macroblock-tree rate control is off (with it
+    on, encoding the same frames twice in one process gave different files, even with one thread), frame
+    timestamps are explicit, and one encoder thread is the default. Odd sizes are padded by one edge
+    pixel, as yuv420p needs even sizes.
     """
     import av
 
@@ -75,7 +79,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, 
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be [T, H, W, 3], got {frames.shape}")
     if frames.dtype != np.uint8:
-        frames = np.clip(np.round(frames * 255.0 if frames.max() <= 1.0 else frames), 0, 255).astype(np.uint8)
+        frames = np.clip(np.round(frames * 255.0), 0, 255).astype(np.uint8)
     ph, pw = frames.shape[1] % 2, frames.shape[2] % 2
     if ph or pw:
         frames = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
@@ -83,12 +87,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, 
     with atomic_path(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for f in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            stream.options = {"crf": str(crf), "threads": str(threads), "x264-params": "mbtree=0"}
+            time_base = Fraction(1, 1) / stream.codec_context.framerate
+            stream.codec_context.time_base = time_base
+            for i, f in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+                frame.pts, frame.time_base = i, time_base
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
     return path

@@ -18,43 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from track2view.cameras import write_multicam_cameras
-from track2view.io import atomic_path
+from track2view.io import atomic_path, write_video
 from track2view.synthetic.render import render
 from track2view.synthetic.scene import scene_cameras
 
 GROUND_TRUTH_DIR = "ground_truth"
 SPEC_FILE = "scene.json"
 CAMERAS_FILE = "cameras.npz"
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18) -> Path:
-    """H.264 mp4 (yuv420p) of RGB frames [T, H, W, 3] uint8 (even H, W), atomically and bit-reproducibly.
-
-    Like `track2view.io.write_video`, plus what makes the bytes a pure function of the frames: libx264's
-    macroblock-tree rate control is off (measured with this PyAV build: with mb-tree on, encoding the
-    same frames twice in one process gives different files, even with one thread), explicit frame
-    timestamps, and one encoder thread (each scene is written by its own worker process anyway).
-    """
-    import av
-    from fractions import Fraction
-
-    path = Path(path)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or frames.shape[1] % 2 \
-            or frames.shape[2] % 2:
-        raise ValueError(f"frames must be [T, H, W, 3] uint8 with even H and W, got {frames.shape} {frames.dtype}")
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            stream.options = {"crf": str(crf), "threads": "1", "x264-params": "mbtree=0"}
-            time_base = Fraction(1, 1) / stream.codec_context.framerate
-            stream.codec_context.time_base = time_base
-            for i, f in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-                frame.pts, frame.time_base = i, time_base
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode())
-    return path
 
 
 def scene_dir(root: str | os.PathLike, spec: dict) -> Path:
