@@ -3,17 +3,22 @@ Track2View step (conditioner with 1152 tracks + target-half flow-matching loss +
 in one process, one after the other on the same GPU.
 
     python bench/train_step.py                                   # baseline + the default variants, 480x832x81
+    python bench/train_step.py --variants ours-sel-compile-ffn --memory-profile   # where the peak is
     python bench/train_step.py --variants ours-full ours-sel-compile "mine=ckpt:selective,sel:20,compile:1"
     H=384 W=672 F=81 python bench/train_step.py                  # another size
     python bench/train_step.py --device cpu --tiny               # smoke test (tiny Wan, 32x32x5)
 
 Prints one JSON line per run {variant, s_per_step, tokens_per_s, peak_GiB, ratio_vs_baseline, ...} and a table.
 Timing: torch.cuda.synchronize around each step, warm-up steps (compilation) excluded, median of --steps.
-Peak memory: max_memory_allocated after the model and optimizer exist (as wan_step.py measures it).
+Peak memory: max_memory_allocated after the model and optimizer exist (as wan_step.py measures it), over all
+steps (`peak_GiB`) and over the timed steps only (`steady_peak_GiB`, without compilation's first steps).
+`--memory-profile`: one more step that reports the peak per phase (forward, each block's backward, the tail =
+conditioner + patch embedding, optimizer) and the allocations alive at the step's peak, grouped by call site.
 
 Variant spec: a preset name (PRESETS) or "name=key:value,..." with keys
     ckpt: none|full|selective   k: checkpoint only the first k blocks   sel: selective for the first m of them
     compile: 0|1 (compiled blocks)   backend: diffusers attention backend   fused: 0|1 (fused AdamW)
+    ffn: tokens per chunk of the lean LoRA FFN's backward (SpeedSettings.ffn_chunk_tokens; default off)
 """
 
 from __future__ import annotations
@@ -44,8 +49,11 @@ PRESETS = {
     "ours-sel-compile-cudnn": "ckpt:selective,compile:1,fused:1,backend:_native_cudnn",
     "ours-sel20-compile": "ckpt:selective,sel:20,compile:1,fused:1",
     "ours-full-compile": "ckpt:full,compile:1,fused:1",
+    "ours-sel-ffn": "ckpt:selective,fused:1,ffn:8192",  # + the lean LoRA FFN (backward 8192 tokens at a time)
+    "ours-sel-compile-ffn": "ckpt:selective,compile:1,fused:1,ffn:8192",
+    "ours-full-ffn": "ckpt:full,fused:1,ffn:8192",
 }
-DEFAULT_VARIANTS = ["ours-full", "ours-sel", "ours-sel-compile", "ours-sel20-compile"]
+DEFAULT_VARIANTS = ["ours-full", "ours-full-ffn", "ours-sel-compile", "ours-sel-compile-ffn"]
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -53,7 +61,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     body = body or PRESETS.get(name)
     if body is None:
         raise SystemExit(f"unknown variant {spec!r}: use a preset {sorted(PRESETS)} or name=key:value,...")
-    opts = dict(ckpt="full", k=None, sel=None, compile=0, backend=None, fused=1)
+    opts = dict(ckpt="full", k=None, sel=None, compile=0, backend=None, fused=1, ffn=None)
     for item in filter(None, body.split(",")):
         key, _, value = item.partition(":")
         if key not in opts:
@@ -63,7 +71,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
                                           checkpoint_blocks=None if opts["k"] is None else int(opts["k"]),
                                           selective_blocks=None if opts["sel"] is None else int(opts["sel"]),
                                           compile_blocks=bool(int(opts["compile"])),
-                                          attention_backend=opts["backend"]),
+                                          attention_backend=opts["backend"],
+                                          ffn_chunk_tokens=None if opts["ffn"] is None else int(opts["ffn"])),
                       fused=bool(int(opts["fused"])))
 
 
@@ -103,8 +112,11 @@ class Setup:
 
     def timed(self, step, label: str, extra: dict, compiled: bool = False) -> dict:
         warmup = self.args.warmup if self.args.warmup is not None else (2 if compiled else 1)
-        times = []
+        times, warmup_peak = [], 0.0
         for i in range(warmup + self.args.steps):
+            if i == warmup:  # the steady-state peak leaves out compilation and the allocator's first step
+                warmup_peak = self.peak_gib()
+                self.reset_peak()
             self.sync()
             t0 = time.perf_counter()
             step()
@@ -114,8 +126,115 @@ class Setup:
                 print(f"  {label}: warm-up step {i} {times[-1]:.2f} s", file=sys.stderr, flush=True)
         s = statistics.median(times[warmup:])
         return dict(variant=label, s_per_step=round(s, 3), tokens_per_s=round(self.B * self.tokens / s),
-                    peak_GiB=self.peak_gib(), HxWxF=f"{self.H}x{self.W}x{self.F}", B=self.B, tokens=self.tokens,
+                    peak_GiB=max(warmup_peak, self.peak_gib()), steady_peak_GiB=self.peak_gib(),
+                    HxWxF=f"{self.H}x{self.W}x{self.F}", B=self.B, tokens=self.tokens,
                     warmup_s=[round(t, 2) for t in times[:warmup]], **extra)
+
+
+# ---- memory profile: where the peak of one steady-state step happens and what is alive then ----------
+class MemoryPhases:
+    """Peak allocated memory per phase of one step: forward, the head's backward, each block's backward
+    (hooks on the checkpointed blocks' outputs), the tail (conditioner, patch embedding) and the optimizer."""
+
+    def __init__(self, model):
+        self.model, self.phase, self.peaks, self.allocated = model, "start", {}, {}
+        self.original = model._gradient_checkpointing_func
+        self.index = {id(b): i for i, b in enumerate(model.blocks)}
+        model._gradient_checkpointing_func = self.wrapped
+
+    def mark(self, phase: str):
+        self.peaks[self.phase] = max(self.peaks.get(self.phase, 0), torch.cuda.max_memory_allocated())
+        self.allocated[phase] = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        self.phase = phase
+
+    def wrapped(self, block, *args):
+        i = self.index[id(block)]
+        if i == 0:
+            self.mark("fwd_blocks")
+            if args[0].requires_grad:
+                args[0].register_hook(lambda g: self.mark("bwd_tail"))
+        out = self.original(block, *args)
+        out.register_hook(lambda g, i=i: self.mark(f"bwd_block{i}"))
+        if i == len(self.index) - 1:
+            self.mark("fwd_head")
+        return out
+
+    def close(self):
+        self.model._gradient_checkpointing_func = self.original
+
+    def summary(self) -> dict:
+        gib = lambda x: round(x / 2**30, 2)  # noqa: E731
+        blocks = {k: v for k, v in self.peaks.items() if k.startswith("bwd_block")}
+        top = max(self.peaks, key=self.peaks.get)
+        out = dict(peak_phase=top, peak_GiB=gib(self.peaks[top]),
+                   phases={k: gib(v) for k, v in self.peaks.items() if not k.startswith("bwd_block")},
+                   allocated_at={k: gib(v) for k, v in self.allocated.items() if not k.startswith("bwd_block")})
+        if blocks:
+            order = sorted(blocks, key=lambda k: -int(k[9:]))
+            out["bwd_block_peaks"] = [gib(blocks[k]) for k in order]  # last block first, as backward runs
+            out["bwd_block_start_alloc"] = [gib(self.allocated[k]) for k in order]
+        return out
+
+
+def _site(frames: list) -> str:
+    """The innermost frame of project / diffusers / peft / torch.nn code of an allocation, else the innermost."""
+    keep = ("track2view", "diffusers", "peft", "bench", "torch/nn/", "torchinductor", "flow_matching")
+    for fr in frames:
+        if any(k in fr["filename"] for k in keep) and "torch/nn/modules/module.py" not in fr["filename"]:
+            return f"{Path(fr['filename']).name}:{fr['line']}:{fr['name']}"
+    return f"{Path(frames[0]['filename']).name}:{frames[0]['line']}:{frames[0]['name']}" if frames else "?"
+
+
+def live_at_peak(snapshot: dict, before: int, top: int = 14) -> dict:
+    """Replay the allocator trace of one step: its peak and the allocations alive then, grouped by call site."""
+    trace = [e for e in snapshot["device_traces"][torch.cuda.current_device()] if e["action"] in
+             ("alloc", "free_completed")]
+    live, current, best, best_at = {}, before, before, -1
+    for i, e in enumerate(trace):
+        if e["action"] == "alloc":
+            live[e["addr"]] = e["size"]
+            current += e["size"]
+        elif e["addr"] in live:
+            current -= live.pop(e["addr"])
+        if current > best:
+            best, best_at = current, i
+    live = {}
+    for e in trace[:best_at + 1]:
+        if e["action"] == "alloc":
+            live[e["addr"]] = e
+        else:
+            live.pop(e["addr"], None)
+    groups: dict[str, list] = {}
+    for e in live.values():
+        g = groups.setdefault(_site(e.get("frames", [])), [0, 0])
+        g[0] += e["size"]
+        g[1] += 1
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])[:top]
+    at = trace[best_at] if best_at >= 0 else {}
+    return dict(trace_peak_GiB=round(best / 2**30, 2), before_step_GiB=round(before / 2**30, 2),
+                event=f"{best_at}/{len(trace)}", at_site=_site(at.get("frames", [])) if at else None,
+                live_by_site=[(k, round(v[0] / 2**30, 3), v[1]) for k, v in ranked])
+
+
+def profile_step(st, step, transformer, label: str) -> None:
+    """One more (steady-state) step with phase peaks and the allocator trace; prints one JSON line."""
+    if st.device.type != "cuda":
+        return
+    phases = MemoryPhases(transformer)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.memory._record_memory_history(max_entries=1_000_000, context="alloc", stacks="python")
+    try:
+        torch.cuda.reset_peak_memory_stats()
+        step(phases)
+        torch.cuda.synchronize()
+        phases.mark("end")
+        snapshot = torch.cuda.memory._snapshot()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+        phases.close()
+    print(json.dumps(dict(memory_profile=label, **phases.summary(), **live_at_peak(snapshot, before))), flush=True)
 
 
 def run_baseline(st: Setup) -> dict:
@@ -135,16 +254,23 @@ def run_baseline(st: Setup) -> dict:
     t = torch.full((st.B,), 500.0, device=st.device)
     st.reset_peak()
 
-    def step():
+    def step(phases=None):
+        mark = phases.mark if phases else (lambda phase: None)
+        mark("fwd_embed")
         with torch.autocast(st.device.type, dtype=torch.bfloat16):
             out = m(hidden_states=x, timestep=t, encoder_hidden_states=txt, return_dict=False)[0]
             loss = out[:, :, st.lf:].float().pow(2).mean()
+        mark("bwd_head")
         loss.backward()
+        mark("optimizer")
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     try:
-        return st.timed(step, "baseline", {})
+        result = st.timed(step, "baseline", {})
+        if getattr(st.args, "memory_profile", False):
+            profile_step(st, step, m, "baseline")
+        return result
     finally:
         del m, opt
 
@@ -172,12 +298,16 @@ def run_ours(st: Setup, name: str, variant: dict) -> dict:
     fm = FlowMatchingConfig()
     st.reset_peak()
 
-    def step():
+    def step(phases=None):
+        mark = phases.mark if phases else (lambda phase: None)
+        mark("fwd_embed")
         inputs = prepare_training_inputs(source, target, tracks, fm, generator=gen)
         with torch.autocast(st.device.type, dtype=torch.bfloat16):
             prediction = model(inputs.hidden_states, inputs.timestep, text, inputs.tracks, inputs.source_frame_mask)
             loss = flow_matching_loss(prediction, inputs.velocity)
+        mark("bwd_head")
         loss.backward()
+        mark("optimizer")
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -189,6 +319,8 @@ def run_ours(st: Setup, name: str, variant: dict) -> dict:
             torch.cuda.set_sync_debug_mode("warn")
             step()
             torch.cuda.set_sync_debug_mode("default")
+        if getattr(st.args, "memory_profile", False):
+            profile_step(st, step, model.transformer, name)
         return result
     finally:
         del model, opt
@@ -206,6 +338,9 @@ def main():
     ap.add_argument("--tracks", type=int, default=1152)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny Wan at 32x32x5 (CPU smoke test)")
+    ap.add_argument("--memory-profile", action="store_true",
+                    help="one more step recording the peak per phase (forward, each block's backward, conditioner, "
+                         "optimizer) and the allocations alive at the peak, grouped by call site")
     ap.add_argument("--sync-debug", action="store_true", help="run one extra step with CUDA sync debug warnings")
     args = ap.parse_args()
     variants = [parse_variant(v) for v in args.variants]

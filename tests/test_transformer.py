@@ -45,6 +45,39 @@ def test_untrained_model_equals_the_bare_wan_transformer_exactly():
     assert torch.equal(out, bare(x, t, text, return_dict=False)[0])
 
 
+def test_untrained_model_with_the_lean_ffn_equals_the_bare_wan_transformer_exactly():
+    m, bare = model(), tiny_transformer(0)
+    m.configure_speed(SpeedSettings("selective", ffn_chunk_tokens=7))
+    x, t, text, tracks = inputs()
+    out = m(x, t, text, tracks)  # grad enabled: the lean op runs
+    assert out.requires_grad
+    assert torch.equal(out, bare(x, t, text, return_dict=False)[0])
+
+
+def test_lean_ffn_matches_peft_in_bfloat16_autocast():
+    """The op's forward equals peft's under autocast; its chunked backward matches autograd's closely."""
+    x = inputs()[0]
+    grads = []
+    for chunk in (None, 5):
+        m = model()
+        randomize_trainables(m)
+        m.configure_speed(SpeedSettings("none", ffn_chunk_tokens=chunk))
+        ffn = m.transformer.blocks[0].ffn
+        h = torch.randn(2, 16, ffn.net[0].proj.in_features, generator=torch.Generator().manual_seed(3),
+                        dtype=torch.bfloat16, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = ffn(h)
+        y.float().square().sum().backward()
+        grads.append((y.detach(), h.grad, [p.grad for n, p in ffn.named_parameters() if "lora_" in n]))
+    (y0, h0, p0), (y1, h1, p1) = grads
+    assert y1.dtype == torch.bfloat16 and len(p0) == len(p1) == 4
+    torch.testing.assert_close(y1, y0, rtol=0.02, atol=0.02 * y0.abs().max().item())  # bf16 rounding
+    torch.testing.assert_close(h1, h0, rtol=0.05, atol=0.05 * h0.abs().max().item())
+    for a, b in zip(p1, p0):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05 * b.abs().max().item())
+
+
 def test_gradients_reach_only_lora_and_conditioner():
     m = model()
     torch.nn.init.normal_(m.conditioner.out_proj.weight, std=0.1)  # otherwise the conditioner's grads vanish
@@ -102,6 +135,9 @@ class CountAttention(TorchDispatchMode):
     (SpeedSettings("selective"), 2, 4),  # the recompute reuses the saved self-attention outputs
     (SpeedSettings("full", checkpoint_blocks=1), 3, 3),
     (SpeedSettings("selective", selective_blocks=1), 3, 4),
+    (SpeedSettings("none", ffn_chunk_tokens=7), 2, 2),  # chunked LoRA FFN backward (7 does not divide tokens)
+    (SpeedSettings("full", ffn_chunk_tokens=7), 4, 4),
+    (SpeedSettings("selective", ffn_chunk_tokens=1000), 2, 4),
 ])
 def test_checkpointing_modes_give_the_same_gradients(settings, self_calls, cross_calls):
     x, t, text, tracks = inputs()
@@ -175,7 +211,8 @@ def test_overfits_one_batch():
 
 
 @pytest.mark.skipif(not os.environ.get("T2V_SLOW"), reason="compiles on CPU (about a minute); set T2V_SLOW=1")
-def test_compiled_selective_checkpointing_matches_eager():
+@pytest.mark.parametrize("ffn_chunk_tokens", [None, 7])
+def test_compiled_selective_checkpointing_matches_eager(ffn_chunk_tokens):
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -187,7 +224,7 @@ def test_compiled_selective_checkpointing_matches_eager():
     randomize_trainables(m)
     torch._dynamo.reset()
     counters.clear()
-    m.configure_speed(SpeedSettings("selective", compile_blocks=True))
+    m.configure_speed(SpeedSettings("selective", compile_blocks=True, ffn_chunk_tokens=ffn_chunk_tokens))
     m(x, t, text, tracks).square().mean().backward()
     assert counters["stats"]["unique_graphs"] == 1  # one graph shared by the 3 blocks, no recompiles
     assert not counters["graph_break"]

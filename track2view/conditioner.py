@@ -145,27 +145,44 @@ class DualViewTrackConditioner(ModelMixin, ConfigMixin):
         source = tokens[:, :, :f]
         if cfg.sample_pre_bias and patch_bias is not None:
             source = source - patch_bias.view(1, -1, 1, 1, 1).to(source.dtype)
-        args = (source, tracks.uv, tracks.depth, tracks.valid, source_frame_mask, (h, w))
+        # Sampling has no parameters, so it runs outside the checkpoint: the checkpoint then holds the sampled
+        # features [B, F, N, D] instead of the whole patch-embedded video [B, D, 2F, h, w] until backward.
+        sampled = self.sample_source(source, tracks.uv[:, 0], tracks.valid[:, 0])
+        args = (sampled, tracks.uv, tracks.depth, tracks.valid, source_frame_mask, (h, w))
         if torch.is_grad_enabled() and self.gradient_checkpointing:
             grid = self._gradient_checkpointing_func(self.track_tokens, *args)
         else:
             grid = self.track_tokens(*args)
         return grid.to(tokens.dtype)
 
-    def track_tokens(self, source: torch.Tensor, uv: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor,
+    def sample_source(self, source: torch.Tensor, uv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """source tokens [B, D, F, h, w], source-view uv [B, F, N, 2] / valid [B, F, N] -> [B, F, N, D].
+
+        Returned in the autocast dtype when autocast is on (the input projection casts to it anyway), else in
+        the parameters' dtype.
+        """
+        uv = torch.where(valid.unsqueeze(-1), uv, 0.5).to(self.in_proj.weight.dtype)  # no NaN/inf from invalid
+        b = source.shape[0]
+        sampled = bilinear_sample(rearrange(source, "b d f h w -> (b f) d h w"), rearrange(uv, "b f n c -> (b f) n c"),
+                                  self.config.padding_mode)
+        device_type = sampled.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        sampled = sampled.to(torch.get_autocast_dtype(device_type) if autocast else self.in_proj.weight.dtype)
+        return rearrange(sampled, "(b f) n d -> b f n d", b=b)
+
+    def track_tokens(self, sampled: torch.Tensor, uv: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor,
                      source_frame_mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor:
-        """source tokens [B, D, F, h, w], uv [B, 2, F, N, 2], depth/valid [B, 2, F, N] -> [B, D, 2F, h, w]."""
+        """sampled source tokens [B, F, N, D] (`sample_source`), uv [B, 2, F, N, 2], depth/valid [B, 2, F, N]
+        -> track tokens [B, D, 2F, h, w] (float32 or wider)."""
         cfg = self.config
-        b, f, (h, w) = source.shape[0], source.shape[2], size
+        b, f, (h, w) = sampled.shape[0], sampled.shape[1], size
         dtype = self.in_proj.weight.dtype
         uv = torch.where(valid.unsqueeze(-1), uv, 0.5).to(dtype)  # no NaN/inf from invalid points
         depth = torch.where(valid, depth, 1.0).to(dtype)
 
-        # 1-3: sample source tokens, Fourier(uv), residual MLP, zero tracks invalid in the source view
-        uv_source = rearrange(uv[:, 0], "b f n c -> (b f) n c")
-        sampled = bilinear_sample(rearrange(source, "b d f h w -> (b f) d h w"), uv_source, cfg.padding_mode)
-        x = self.in_proj(sampled.to(dtype)) + self.uv_proj(fourier_features(uv_source, cfg.uv_fourier_bands))
-        x = rearrange(self.mlp(x), "(b f) n c -> b n f c", b=b)
+        # 1-3: (sampled source tokens) + Fourier(uv), residual MLP, zero tracks invalid in the source view
+        x = self.in_proj(sampled) + self.uv_proj(fourier_features(uv[:, 0], cfg.uv_fourier_bands))
+        x = rearrange(self.mlp(x), "b f n c -> b n f c")
         source_valid = rearrange(valid[:, 0], "b f n -> b n f")
         if source_frame_mask is not None and cfg.mask_dropped_source_frames:
             source_valid = source_valid & source_frame_mask.bool().unsqueeze(1)

@@ -92,10 +92,14 @@ def bilinear_scatter(values: torch.Tensor, uv: torch.Tensor, size: tuple[int, in
     index, weight = bilinear_corners(uv.to(dtype), (h, w), padding_mode)  # [B, N, 4]
     if valid is not None:
         weight = weight * valid.unsqueeze(-1)
-    index = (index + torch.arange(b, device=index.device).view(b, 1, 1) * (h * w)).flatten()  # over B*H*W cells
-    weighted = (values.to(dtype).unsqueeze(2) * weight.unsqueeze(-1)).reshape(-1, c)  # [B*N*4, C]
-    total = values.new_zeros(b * h * w, c, dtype=dtype).index_add_(0, index, weighted)
+    index = (index + torch.arange(b, device=index.device).view(b, 1, 1) * (h * w)).flatten(0, 1)  # [B*N, 4]
+    weight = weight.flatten(0, 1)
+    values = values.to(dtype).flatten(0, 1)  # [B*N, C]
+    # one corner at a time: a [B*N, 4, C] temporary (and its gradient) would be 4x the values' size
+    total = values.new_zeros(b * h * w, c)
+    for corner in range(4):
+        total.index_add_(0, index[:, corner], values * weight[:, corner, None])
     if average:
-        norm = weight.new_zeros(b * h * w).index_add_(0, index, weight.flatten())
+        norm = weight.new_zeros(b * h * w).index_add_(0, index.flatten(), weight.flatten())
         total = total / norm.clamp_min(eps).unsqueeze(-1)  # empty cells: 0 / eps = 0
     return total.view(b, h, w, c).permute(0, 3, 1, 2)
