@@ -1,0 +1,348 @@
+"""`Track2ViewModule`: the science of training as a LightningModule (paper sections 3.1-3.4).
+
+    batch (docs/architecture.md "Batch"): source/target latents [B, 16, F, h, w], prompt embeds [B, L, D],
+                                           tracks [B, 2, F, N]
+    -> augment (source-frame dropout, track subsampling), sigma ~ p(sigma), noise the target half only
+    -> Track2ViewTransformer(cat(source, x_t) [B, 16, 2F, h, w], t, prompt, tracks)   (frozen Wan + LoRA + conditioner)
+    -> flow-matching MSE on the target half (fp32) -> AdamW on LoRA + conditioner, warm-up then constant/cosine LR
+
+Every setting is an init argument (plain types, so LightningCLI reads them from YAML and they round-trip
+through checkpoints without pickle). The model is built in `configure_model` (Lightning calls it once the
+devices are known), so instantiating the module from a config is cheap and checks the config first.
+
+Determinism: every random draw of a training step (augmentations, sigma, noise) comes from a generator
+seeded by (seed, global step, position of the micro-batch in the global batch), so a resumed run draws
+exactly what the uninterrupted run would have, ranks draw differently, and 1 GPU with gradient accumulation
+draws what N GPUs draw. bf16 comes from the Trainer's precision: "bf16-mixed" autocasts here
+(and under DeepSpeed, whose bf16 mode casts the model and keeps fp32 master weights in ZeRO's partitions).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+
+from track2view.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs
+from track2view.tracks import PairedTracks
+
+LR_SCHEDULES = ("constant", "cosine")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the setting and the fix."""
+
+
+def check_video_size(height: int | None, width: int | None, num_frames: int | None, spatial_multiple: int = 16,
+                     temporal_stride: int = 4) -> None:
+    """Raise ConfigError unless height/width are multiples of VAE x patch (16) and num_frames is 4k+1."""
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and (value <= 0 or value % spatial_multiple):
+            raise ConfigError(f"model.{name}={value} is not a positive multiple of {spatial_multiple} (VAE stride 8 x "
+                              f"patch 2); use e.g. 480x832")
+    if num_frames is not None and (num_frames < 1 or (num_frames - 1) % temporal_stride):
+        raise ConfigError(f"model.num_frames={num_frames} is not {temporal_stride}k+1 (the Wan VAE compresses time "
+                          f"by {temporal_stride} after the first frame); use e.g. 81 or 49")
+
+
+class Track2ViewModule(L.LightningModule):
+    """Track-conditioned Wan-2.1 fine-tuning.
+
+    Model:
+        model_path: diffusers Wan-2.1 T2V directory (transformer/, vae/, scheduler/ ...); required by real configs.
+        wan_config: `WanTransformer3DModel` config for a random-init base instead (tiny demo, benchmarks).
+        torch_dtype: dtype of the frozen base weights ("bfloat16" on GPU; "float32" for the CPU demo).
+        conditioner: `DualViewTrackConditioner` config overrides (token_dim is taken from the base model).
+        lora_rank, lora_alpha, lora_target_modules, lora_dropout: the LoRA on every DiT block.
+        gradient_checkpointing: "full" (recompute each DiT block and the conditioner in backward), "selective"
+            (keep the self-attention outputs, recompute the rest) or "none"; checkpoint_blocks: only the first k.
+        attention_backend: diffusers attention backend ("native", "_native_cudnn", "flash", ...); None = default.
+        compile_blocks: `torch.compile` each repeated DiT block.
+    Objective:
+        flow_matching: `FlowMatchingConfig` fields (sigma sampling, shift, timestep mode, augmentations).
+    Optimizer (AdamW on LoRA + conditioner; no weight decay on biases and norms):
+        lr, betas, eps, weight_decay, warmup_steps (linear from 0), lr_schedule ("constant" or "cosine" to
+        min_lr_ratio * lr at trainer.max_steps).
+    Data sanity (optional): height, width, num_frames of the videos the latent shards were made from;
+        checked at start-up (multiples of 16, 4k+1) and against the first batch's latent shape.
+    Validation: val_sigmas, the fixed noise levels of the validation loss (one per sample, cycled).
+    seed: seeds every training step's random draws (with rank and step).
+    """
+
+    def __init__(self, model_path: str | None = None, wan_config: dict | None = None, torch_dtype: str = "bfloat16",
+                 conditioner: dict | None = None, lora_rank: int = 64, lora_alpha: float = 64.0,
+                 lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
+                 flow_matching: dict | None = None, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01, warmup_steps: int = 500, lr_schedule: str = "constant",
+                 min_lr_ratio: float = 0.0, gradient_checkpointing: str = "full", checkpoint_blocks: int | None = None,
+                 attention_backend: str | None = None, compile_blocks: bool = False, height: int | None = None,
+                 width: int | None = None, num_frames: int | None = None, val_sigmas: list[float] | None = None,
+                 seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        if (model_path is None) == (wan_config is None):
+            raise ConfigError("set exactly one of model.model_path (a diffusers Wan-2.1 directory, e.g. "
+                              "Wan2.1-T2V-1.3B-Diffusers) and model.wan_config (random init, for demos/benchmarks)"
+                              + ("; got both" if model_path is not None else "; got neither"))
+        if model_path is not None and not (Path(model_path) / "transformer" / "config.json").is_file():
+            raise ConfigError(f"model.model_path={model_path!r} is not a diffusers Wan directory (no "
+                              f"transformer/config.json); download e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers there "
+                              f"or fix the path")
+        if torch_dtype not in DTYPES:
+            raise ConfigError(f"model.torch_dtype={torch_dtype!r}; choose one of {sorted(DTYPES)}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"model.lr_schedule={lr_schedule!r}; choose one of {LR_SCHEDULES}")
+        if lr <= 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
+            raise ConfigError(f"need model.lr > 0, model.warmup_steps >= 0, 0 <= model.min_lr_ratio <= 1; got "
+                              f"{lr}, {warmup_steps}, {min_lr_ratio}")
+        if lora_rank < 1:
+            raise ConfigError(f"model.lora_rank must be >= 1, got {lora_rank}")
+        check_video_size(height, width, num_frames)
+        from track2view.transformer import SpeedSettings
+
+        try:
+            self.speed = SpeedSettings(gradient_checkpointing, checkpoint_blocks, compile_blocks, attention_backend)
+        except ValueError as e:
+            raise ConfigError(f"model.gradient_checkpointing / checkpoint_blocks: {e}") from e
+        try:
+            self.fm = FlowMatchingConfig(**(flow_matching or {}))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.flow_matching: {e}") from e
+        self.val_sigmas = list(val_sigmas or [0.25, 0.5, 0.75])
+        self.model = None  # Track2ViewTransformer, built by configure_model
+        self.strict_loading = False  # checkpoints hold only the trainable tensors (see on_save_checkpoint)
+        self.last_step_nonfinite = False  # read by callbacks.NonFiniteLossGuard
+        self._checked_shape = False
+        self._aux: dict = {}  # VAE / scheduler / pipeline for validation renders: not submodules, never saved
+
+    # ---- model -----------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        from track2view.transformer import Track2ViewTransformer
+
+        h = self.hparams
+        lora = dict(rank=h.lora_rank, alpha=h.lora_alpha, dropout=h.lora_dropout)
+        if h.lora_target_modules:
+            lora["target_modules"] = list(h.lora_target_modules)
+        kwargs = dict(conditioner_config=dict(h.conditioner or {}), lora=lora, torch_dtype=DTYPES[h.torch_dtype])
+        if h.model_path is not None:
+            model = Track2ViewTransformer.from_pretrained(h.model_path, subfolder="transformer", **kwargs)
+        else:
+            model = Track2ViewTransformer.from_config(dict(h.wan_config), **kwargs)
+        model.configure_speed(self.speed)
+        self.model = model.train()  # diffusers loads in eval mode; Lightning switches modes for validation
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(self.model.transformer.config.patch_size)
+
+    def tokens_per_sample(self, batch: dict) -> int:
+        """Dual-view tokens per sample: 2F * h/p_h * w/p_w."""
+        _, _, f, h, w = batch["source_latents"].shape
+        p = self.patch_size
+        return 2 * (f // p[0]) * (h // p[1]) * (w // p[2])
+
+    def _frozen_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if not p.requires_grad}
+
+    def _trainable_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    # ---- steps -----------------------------------------------------------------------------------------------
+    def _generator(self, *key: int) -> torch.Generator:
+        """A generator on this device seeded by (seed, *key): same draws on resume, different per rank/step."""
+        seed = int(np.random.SeedSequence([self.hparams.seed, *key]).generate_state(1, dtype=np.uint64)[0] >> 1)
+        return torch.Generator(self.device).manual_seed(seed)
+
+    def _autocast(self):
+        bf16 = "bf16" in str(self.trainer.precision) if self._trainer is not None else False
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def _check_batch(self, batch: dict) -> None:
+        """Once: the latent shape matches height/width/num_frames when those are configured."""
+        if self._checked_shape:
+            return
+        self._checked_shape = True
+        h = self.hparams
+        _, c, f, lh, lw = batch["source_latents"].shape
+        expected = ((h.num_frames - 1) // 4 + 1 if h.num_frames else f, h.height // 8 if h.height else lh,
+                    h.width // 8 if h.width else lw)
+        if (f, lh, lw) != expected:
+            raise ConfigError(f"the shards hold latents [C, F, h, w] = {[c, f, lh, lw]} but the config says "
+                              f"{h.height}x{h.width}x{h.num_frames} -> {[c, *expected]}; precompute the shards at the "
+                              f"configured size or fix model.height/width/num_frames")
+
+    def forward(self, hidden_states, timestep, encoder_hidden_states, tracks: PairedTracks, source_frame_mask=None):
+        out = self.model(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
+                         tracks=tracks, source_frame_mask=source_frame_mask)
+        return out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+
+    def _loss(self, batch: dict, generator: torch.Generator, augment: bool, sigmas: torch.Tensor | None = None):
+        inputs = prepare_training_inputs(batch["source_latents"], batch["target_latents"], batch["tracks"], self.fm,
+                                         generator=generator, augment=augment, sigmas=sigmas,
+                                         patch_size=self.patch_size)
+        with self._autocast():
+            prediction = self(inputs.hidden_states, inputs.timestep, batch["prompt_embeds"], inputs.tracks,
+                              inputs.source_frame_mask)
+        return flow_matching_loss(prediction, inputs.velocity)
+
+    def _batch_slot(self, batch_idx: int) -> int:
+        """Position of this micro-batch in the global batch (rank-major, then accumulation): the random draws
+        depend on it, not on the rank, so 1 GPU x 2 accumulated micro-batches draws what 2 GPUs draw."""
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return self.global_rank * accumulate + batch_idx % accumulate
+
+    def training_step(self, batch: dict, batch_idx: int):
+        self._check_batch(batch)
+        loss = self._loss(batch, self._generator(self.global_step, self._batch_slot(batch_idx)), augment=True)
+        # One host sync per step (a scalar, after the forward): needed to skip the step before backward;
+        # negligible next to a multi-second step. All ranks decide together, or DDP would hang.
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True)
+        self.last_step_nonfinite = not finite
+        if not finite:
+            if isinstance(self.trainer.strategy, DeepSpeedStrategy):
+                # DeepSpeed refuses a None loss; its bf16/fp16 overflow check skips the update on non-finite grads.
+                return loss
+            return None  # Lightning skips backward and the optimizer step
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(batch["key"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        """Loss at fixed noise levels (`val_sigmas`, cycled over samples) and fixed noise, no augmentation.
+
+        Every rank must get validation batches (at least one validation shard per GPU): Lightning's epoch-end
+        reduction of `val/loss` waits for all ranks."""
+        b = batch["source_latents"].shape[0]
+        sigmas = torch.tensor([self.val_sigmas[(batch_idx * b + i) % len(self.val_sigmas)] for i in range(b)],
+                              device=self.device)
+        loss = self._loss(batch, self._generator(1_000_003, batch_idx, self.global_rank), augment=False, sigmas=sigmas)
+        self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
+        return loss
+
+    # ---- optimizer -------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        h = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the model has no trainable parameters; check model.lora_* and model.conditioner")
+        groups = [{"name": "decay", "params": [p for p in params if p.ndim >= 2], "weight_decay": h.weight_decay},
+                  {"name": "no_decay", "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=h.lr, betas=tuple(h.betas), eps=h.eps)
+        total = self.trainer.max_steps if self.trainer is not None else -1
+        if h.lr_schedule == "cosine" and (total is None or total <= 0):
+            raise ConfigError("model.lr_schedule=cosine needs trainer.max_steps > 0 (the decay length)")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(h.warmup_steps, h.lr_schedule, total,
+                                                                              h.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1,
+                                                         "name": "lr"}}  # LearningRateMonitor: lr/decay, lr/no_decay
+
+    # ---- checkpoints: only what trains ---------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DeepSpeedStrategy):
+            strategy.exclude_frozen_parameters = True  # also for `strategy: deepspeed_stage_1` given by name
+            if not any(p in str(self.trainer.precision) for p in ("bf16", "16")):
+                rank_zero_warn("DeepSpeed without bf16/fp16 precision does not skip steps with non-finite gradients; "
+                               "use trainer.precision: bf16-mixed")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None:
+            frozen = self._frozen_names()
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict")
+        if state is not None and self.model is not None:
+            missing = sorted(self._trainable_names() - set(state))
+            if missing:
+                raise ConfigError(f"the checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}); it was "
+                                  f"written with another LoRA/conditioner configuration")
+
+    def load_trainable_state_dict(self, state: dict) -> None:
+        """Load LoRA + conditioner tensors (from a training checkpoint) into a configured model; strict on them."""
+        missing = sorted(self._trainable_names() - set(state))
+        unexpected = sorted(set(state) - set(self.state_dict()))
+        if missing or unexpected:
+            raise ConfigError(f"checkpoint does not match the model: missing {missing[:3]} ({len(missing)}), "
+                              f"unexpected {unexpected[:3]} ({len(unexpected)})")
+        self.load_state_dict(state, strict=False)
+
+    # ---- sampling, for validation renders -------------------------------------------------------------------------
+    @staticmethod
+    def slice_batch(batch: dict, n: int) -> dict:
+        t = batch["tracks"]
+        return {**{k: v[:n] for k, v in batch.items() if isinstance(v, (torch.Tensor, list))},
+                "tracks": PairedTracks(t.uv[:n], t.depth[:n], t.valid[:n])}
+
+    def _pipeline(self):
+        """A Track2ViewPipeline around the model being trained (+ VAE and scheduler of model_path, if any)."""
+        if "pipe" not in self._aux:
+            from track2view.pipeline import Track2ViewPipeline
+            from track2view.tiny import tiny_scheduler
+
+            vae, scheduler = None, tiny_scheduler()  # UniPC with flow sigmas, shift 3 (Wan-2.1 480p default)
+            path = self.hparams.model_path
+            if path is not None:
+                from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
+
+                scheduler = UniPCMultistepScheduler.from_pretrained(path, subfolder="scheduler")
+                if (Path(path) / "vae").is_dir():
+                    vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
+                    vae = vae.to(self.device).requires_grad_(False).eval()
+            pipe = Track2ViewPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=self.model,
+                                      scheduler=scheduler)
+            pipe.set_progress_bar_config(disable=True)
+            self._aux["pipe"] = pipe
+        return self._aux["pipe"]
+
+    @torch.no_grad()
+    def sample(self, batch: dict, num_inference_steps: int = 20, guidance_scale: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generated target latents [B, 16, F, h, w] for the batch's source latents, prompts and tracks.
+
+        guidance_scale > 1: classifier-free guidance against zero prompt embeddings (the batch has no
+        negative prompt)."""
+        pipe = self._pipeline()
+        out = []
+        with self._autocast():
+            for i in range(batch["source_latents"].shape[0]):
+                embeds = batch["prompt_embeds"][i:i + 1]
+                t = batch["tracks"]
+                tracks = PairedTracks(t.uv[i:i + 1], t.depth[i:i + 1], t.valid[i:i + 1])
+                out.append(pipe.denoise(batch["source_latents"][i:i + 1], embeds, tracks,
+                                        negative_prompt_embeds=torch.zeros_like(embeds) if guidance_scale > 1 else None,
+                                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                        generator=generator))
+        return torch.cat(out).to(batch["source_latents"].dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray | None:
+        """Normalized latents [B, 16, F, h, w] -> uint8 frames [B, T, H, W, 3], or None without a VAE."""
+        pipe = self._pipeline()
+        if pipe.vae is None:
+            return None
+        frames = [pipe.decode(z[None]) for z in latents]  # each [T, 3, H, W] in [0, 1]
+        return np.stack([(f.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for f in frames])
+
+
+def lr_factor_fn(warmup_steps: int, schedule: str, total_steps: int | None, min_ratio: float = 0.0):
+    """step -> LR multiplier: linear warm-up over `warmup_steps` (first step at 1/warmup), then 1 ("constant")
+    or a cosine from 1 to `min_ratio` at `total_steps` ("cosine")."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,116 @@
+"""Track2View training command line (Lightning's LightningCLI): every setting lives in a YAML config and can be
+overridden on the command line.
+
+    python train.py fit --config configs/demo.yaml                                  # CPU demo, minutes
+    python train.py fit --config configs/wan2.1_t2v_1.3b.yaml --trainer.devices 8   # ZeRO-1, bf16
+    python train.py fit --config configs/wan2.1_t2v_1.3b.yaml --ckpt_path last      # resume the same run
+    python train.py fit --config configs/demo.yaml --print_config                   # the full resolved config
+    python train.py export --ckpt outputs/demo/checkpoints/last.ckpt --out outputs/demo/export
+
+`export` writes the inference directory (LoRA in diffusers format, conditioner safetensors, track2view.json)
+that `infer.py` / `Track2ViewPipeline` load. Multi-node launches (torchrun, SLURM): docs/training.md.
+
+A configuration or data error stops the run with one line `train.py: error: ...` and exit status 2 (a
+non-finite-loss stop: status 1); set T2V_TRACEBACK=1 to get the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _cli_class():
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    from track2view.checkpointing import AtomicCheckpointIO
+
+    class Track2ViewCLI(LightningCLI):
+        def before_instantiate_classes(self) -> None:
+            # Logger save_dir / ModelCheckpoint dirpath may start with "${trainer.default_root_dir}" so that one
+            # --trainer.default_root_dir moves logs and checkpoints together (and `--ckpt_path last` finds them).
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            root = str(config.trainer.default_root_dir or os.getcwd())
+            _substitute(config.trainer, "${trainer.default_root_dir}", root)
+
+        def instantiate_trainer(self, **kwargs):
+            trainer = super().instantiate_trainer(**kwargs)
+            # Atomic checkpoint files (DeepSpeed writes directories itself: see checkpointing.ZeRO1Strategy).
+            strategy = trainer.strategy
+            if not isinstance(strategy, DeepSpeedStrategy) and type(strategy.checkpoint_io) is TorchCheckpointIO:
+                strategy.checkpoint_io = AtomicCheckpointIO()
+            return trainer
+
+    return Track2ViewCLI
+
+
+def _substitute(node, placeholder: str, value: str):
+    """Replace `placeholder` in every string of a (nested) jsonargparse Namespace / list, in place."""
+    from jsonargparse import Namespace
+
+    if isinstance(node, Namespace):
+        for key, item in list(vars(node).items()):
+            vars(node)[key] = _substitute(item, placeholder, value)
+    elif isinstance(node, list):
+        node[:] = [_substitute(item, placeholder, value) for item in node]
+    elif isinstance(node, str) and placeholder in node:
+        return node.replace(placeholder, value)
+    return node
+
+
+def fit_main(argv: list[str] | None) -> None:
+    import logging
+
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # the seed is in the config
+    from track2view.data.datamodule import Track2ViewDataModule
+    from track2view.training import Track2ViewModule
+
+    _cli_class()(Track2ViewModule, Track2ViewDataModule, args=argv, seed_everything_default=0,
+                 save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+
+
+def export_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="train.py export", description="Write the inference directory (LoRA in "
+                                     "diffusers format + conditioner + track2view.json) from a training checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by `train.py fit` (file or DeepSpeed dir)")
+    parser.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    parser.add_argument("--model_path", default=None,
+                        help="base Wan diffusers directory, if it moved since training "
+                             "(default: the one in the checkpoint)")
+    args = parser.parse_args(argv)
+    from track2view.checkpointing import export_checkpoint
+
+    out = export_checkpoint(args.ckpt, args.out, model_path=args.model_path)
+    print(f"exported {args.ckpt} -> {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from track2view.callbacks import NonFiniteLossError
+
+    try:
+        if args and args[0] == "export":
+            export_main(args[1:])
+        else:
+            fit_main(argv)  # None: LightningCLI reads sys.argv itself
+    except NonFiniteLossError as e:
+        if os.environ.get("T2V_TRACEBACK"):
+            raise
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError, KeyError, MisconfigurationException) as e:
+        if os.environ.get("T2V_TRACEBACK"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"train.py: error: {message} (T2V_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
