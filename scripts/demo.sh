@@ -17,7 +17,7 @@ echo "== 1/6 tiny random-init Wan-2.1 (diffusers layout) -> $OUT/tiny-wan"
 python -c "from track2view.tiny import save_tiny_wan; save_tiny_wan('$OUT/tiny-wan')"
 
 echo "== 2/6 synthetic MultiCamVideo scenes -> $OUT/MultiCamVideo"
-python -m track2view.synthetic --out "$OUT/MultiCamVideo/train" --scenes 16 --cameras 4 --size "$SIZE" \
+python -m track2view.synthetic --out "$OUT/MultiCamVideo" --scenes 16 --cameras 4 --size "$SIZE" \
   --frames "$FRAMES" --seed 0 --workers 2
 
 echo "== 3/6 curate paired tracks (oracle tracker) -> $OUT/shards/tracks"
@@ -35,7 +35,8 @@ python train.py fit --config configs/demo.yaml --trainer.max_steps "$STEPS" \
 python train.py export --ckpt "$OUT/train/checkpoints/last.ckpt" --out "$OUT/export"
 
 echo "== 6/6 re-render a scene's first camera along arc_left -> $OUT/rerender.mp4"
-python infer.py --video "$OUT/MultiCamVideo/train/f24_aperture5/scene0/videos/cam01.mp4" --tracker oracle \
+VIDEO=$(find "$OUT/MultiCamVideo/train" -path '*/videos/cam01.mp4' | sort | head -n 1)
+python infer.py --video "$VIDEO" --tracker oracle \
   --trajectory arc_left --amount 20 --checkpoint "$OUT/export" --model "$OUT/tiny-wan" \
   --height "$SIZE" --width "$SIZE" --num-frames "$FRAMES" --steps 10 --side-by-side --overlay \
   --out "$OUT/rerender.mp4"

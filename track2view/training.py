@@ -64,6 +64,9 @@ class Track2ViewModule(L.LightningModule):
             (keep the self-attention outputs, recompute the rest) or "none"; checkpoint_blocks: only the first k.
         attention_backend: diffusers attention backend ("native", "_native_cudnn", "flash", ...); None = default.
         compile_blocks: `torch.compile` each repeated DiT block.
+        ffn_chunk_tokens: run each block's LoRA feed-forward as one op whose backward recomputes its activations
+            this many tokens at a time (None = peft's own path). With selective checkpointing and compiled
+            blocks this pays for the kept attention outputs: docs/benchmarks.md.
     Objective:
         flow_matching: `FlowMatchingConfig` fields (sigma sampling, shift, timestep mode, augmentations).
     Optimizer (AdamW on LoRA + conditioner; no weight decay on biases and norms):
@@ -81,7 +84,8 @@ class Track2ViewModule(L.LightningModule):
                  flow_matching: dict | None = None, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01, warmup_steps: int = 500, lr_schedule: str = "constant",
                  min_lr_ratio: float = 0.0, gradient_checkpointing: str = "full", checkpoint_blocks: int | None = None,
-                 attention_backend: str | None = None, compile_blocks: bool = False, height: int | None = None,
+                 attention_backend: str | None = None, compile_blocks: bool = False,
+                 ffn_chunk_tokens: int | None = None, height: int | None = None,
                  width: int | None = None, num_frames: int | None = None, val_sigmas: list[float] | None = None,
                  seed: int = 0):
         super().__init__()
@@ -107,9 +111,10 @@ class Track2ViewModule(L.LightningModule):
         from track2view.transformer import SpeedSettings
 
         try:
-            self.speed = SpeedSettings(gradient_checkpointing, checkpoint_blocks, compile_blocks, attention_backend)
+            self.speed = SpeedSettings(gradient_checkpointing, checkpoint_blocks, compile_blocks, attention_backend,
+                                       ffn_chunk_tokens=ffn_chunk_tokens)
         except ValueError as e:
-            raise ConfigError(f"model.gradient_checkpointing / checkpoint_blocks: {e}") from e
+            raise ConfigError(f"model.gradient_checkpointing / checkpoint_blocks / ffn_chunk_tokens: {e}") from e
         try:
             self.fm = FlowMatchingConfig(**(flow_matching or {}))
         except (TypeError, ValueError) as e:
