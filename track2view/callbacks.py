@@ -58,7 +58,9 @@ class TrainingMonitor(Callback):
         batch_size = batch["source_latents"].shape[0]
         self._samples += batch_size * trainer.world_size
         self._tokens += pl_module.tokens_per_sample(batch) * batch_size * trainer.world_size
-        self._steps += 1
+        if (batch_idx + 1) % max(1, trainer.accumulate_grad_batches):
+            return  # mid-accumulation: no optimizer step yet, nothing to log
+        self._steps += 1  # optimizer steps in this window (perf/step_s is per optimizer step)
         if self.grad_norm and isinstance(trainer.strategy, DeepSpeedStrategy):
             norm = trainer.strategy.deepspeed_engine.get_global_grad_norm()
             if norm is not None:
