@@ -3,7 +3,7 @@ import torch
 
 from track2view.flow_matching import (FlowMatchingConfig, drop_source_frames, flow_matching_loss, noise_target,
                                       prepare_training_inputs, sample_sigmas, shift_sigmas, subsample_tracks,
-                                      timesteps)
+                                      timesteps, token_timesteps)
 from track2view.tracks import PairedTracks
 
 B, C, F, H, W = 3, 16, 4, 4, 6
@@ -50,6 +50,15 @@ def test_per_token_timesteps_are_zero_on_the_source_half_in_frame_major_order():
     assert t.shape == (B, 2 * F * per_frame)
     assert (t[:, : F * per_frame] == 0).all()
     torch.testing.assert_close(t[:, F * per_frame:], (1000 * sigmas).unsqueeze(1).expand(-1, F * per_frame))
+
+
+def test_token_timesteps_are_the_training_timesteps_for_given_t():
+    t, shape = torch.tensor([100.0, 500.0, 900.0]), (B, C, 2 * F, H, W)
+    for mode in ("per_sample", "per_token"):
+        torch.testing.assert_close(token_timesteps(t, mode, shape),
+                                   timesteps(t / 1000, FlowMatchingConfig(timestep_mode=mode), shape))
+    with pytest.raises(ValueError, match="timestep_mode must be one of"):
+        token_timesteps(t, "per_frame", shape)
 
 
 def test_per_token_timesteps_are_accepted_by_wan():

@@ -157,6 +157,41 @@ def test_trained_checkpoint_loads_and_a_mismatched_one_is_refused(tiny_wan_dir, 
         Track2ViewPipeline.from_checkpoint(tiny_wan_dir, mismatched, torch_dtype=torch.float32)
 
 
+def test_per_token_export_gets_per_token_timesteps_with_a_clean_source_half(tiny_wan_dir, tmp_path):
+    """An export trained with timestep_mode per_token is run with the training timesteps: [B, S], t = 0 on the
+    source tokens, the scheduler's t on the target tokens; exports without the setting run per sample."""
+    from track2view.pipeline import trained_timestep_mode
+    from track2view.transformer import Track2ViewTransformer
+
+    model = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioner_config={"width": 32, "num_heads": 2},
+                                                  lora={"rank": 4, "alpha": 4.0})
+    assert trained_timestep_mode(model.save_trained(tmp_path / "plain")) == "per_sample"
+    export = model.save_trained(tmp_path / "per_token",
+                                extra={"training": {"flow_matching": {"timestep_mode": "per_token", "shift": 5.0}}})
+    pipe = Track2ViewPipeline.from_checkpoint(tiny_wan_dir, export, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.timestep_mode == "per_token"
+    cache = pipe.prepare_source(random_video(seed=7), "a dog", "", H, W)
+    calls = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, k: calls.append(k["timestep"].clone()), with_kwargs=True)
+    try:
+        pipe.denoise(cache.latents, cache.prompt_embeds, random_tracks().at_latent_stride(4),
+                     cache.negative_prompt_embeds, num_inference_steps=2, guidance_scale=5.0,
+                     generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    pipe.scheduler.set_timesteps(2)
+    f, per_frame = cache.latents.shape[2], (H // 16) * (W // 16)  # 8x VAE, 2x2 patches
+    assert len(calls) == 2
+    for timestep, t in zip(calls, pipe.scheduler.timesteps):
+        assert timestep.shape == (2, 2 * f * per_frame)
+        assert (timestep[:, : f * per_frame] == 0).all() and (timestep[:, f * per_frame:] == t).all() and t > 0
+    with pytest.raises(ValueError, match="timestep_mode"):
+        Track2ViewPipeline(pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.transformer, pipe.scheduler,
+                           timestep_mode="per_frame")
+
+
 def test_benchmark_smoke_runs_on_cpu():
     import json
     import os

@@ -90,6 +90,30 @@ def test_prepare_tracks_subsamples_to_the_latent_stride_and_pads():
         prepare_tracks(tracking, make_trajectory("dolly_in", 13, 0.5), 13)
 
 
+def test_prepare_tracks_truncates_to_a_seeded_random_subset_of_both_query_halves():
+    """More tracks than the model takes: a seeded random subset in the original order, the same for every
+    trajectory, not the first ones (query_points puts the frame-0 half first, the last-frame half after it)."""
+    tracking = toy_tracking()
+    trajectories = [make_trajectory(name, T, 10, pivot_depth=median_depth(tracking))
+                    for name in ("arc_left", "arc_right")]
+
+    def kept(prepared, trajectory):  # indices into the tracking's N tracks of the tracks that were kept
+        every = reproject(tracking, trajectory.target_c2w(tracking.c2w.astype(np.float64)))
+        distance = (prepared.full.depth.flatten(0, 1).T[:, None] - every.depth.flatten(0, 1).T[None]).abs().amax(-1)
+        assert distance.min(dim=1).values.max() == 0
+        return distance.argmin(dim=1)
+
+    a, b = (prepare_tracks(tracking, traj, T, num_tracks=N // 2) for traj in trajectories)
+    assert a.full.depth.shape == (2, T, N // 2) and a.latent.depth.shape == (2, 3, N // 2)
+    torch.testing.assert_close(a.latent.uv, a.full.uv[:, ::4])
+    idx = kept(a, trajectories[0])
+    assert (idx.diff() > 0).all() and (idx < N // 2).any() and (idx >= N // 2).any()
+    assert torch.equal(kept(b, trajectories[1]), idx)  # the same points for every trajectory
+    assert torch.equal(kept(prepare_tracks(tracking, trajectories[0], T, num_tracks=N // 2), trajectories[0]), idx)
+    other = prepare_tracks(tracking, trajectories[0], T, num_tracks=N // 2, seed=1)
+    assert not torch.equal(kept(other, trajectories[0]), idx)
+
+
 def test_no_valid_target_track_names_the_trajectory():
     tracking = toy_tracking()
     with pytest.raises(NoValidTracksError, match="'pan_left'.*--amount"):

@@ -32,6 +32,10 @@ Choices where the paper is silent (all config values):
 * Tracks valid in no source frame: `nn.TransformerEncoder` returns NaN for an all-masked sequence, so frame 0
   is unmasked for such tracks and their temporal output is zeroed (they still carry their disparity
   encoding into the views where they are valid).
+* Precision: uv, depth, disparity and their Fourier features are float32 (or wider) whatever the parameters'
+  dtype; only the features are cast, to the projection's dtype. With bf16 parameters (DeepSpeed bf16) bf16
+  inputs would round uv by up to a tenth of a cell and make the top bands' sin/cos noise, and training
+  would see other inputs than inference in float32.
 """
 
 from __future__ import annotations
@@ -50,8 +54,17 @@ from .tracks import PairedTracks
 DISPARITY_NORMS = ("max", "mean")
 
 
+def coordinates(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 or wider: coordinates and depths are never computed in half precision (module docstring)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def fourier_features(x: torch.Tensor, num_bands: int) -> torch.Tensor:
-    """[..., K] -> [..., K * (2 * num_bands + 1)]: x, sin(2^i pi x), cos(2^i pi x) for i < num_bands."""
+    """[..., K] -> [..., K * (2 * num_bands + 1)]: x, sin(2^i pi x), cos(2^i pi x) for i < num_bands.
+
+    Computed in float32 or wider (bf16 sin of 2^7 pi x is off by up to 1.5).
+    """
+    x = coordinates(x)
     freqs = math.pi * 2.0 ** torch.arange(num_bands, device=x.device, dtype=x.dtype)
     angles = (x.unsqueeze(-1) * freqs).flatten(-2)  # [..., K * bands]
     return torch.cat([x, angles.sin(), angles.cos()], dim=-1)
@@ -161,7 +174,7 @@ class DualViewTrackConditioner(ModelMixin, ConfigMixin):
         Returned in the autocast dtype when autocast is on (the input projection casts to it anyway), else in
         the parameters' dtype.
         """
-        uv = torch.where(valid.unsqueeze(-1), uv, 0.5).to(self.in_proj.weight.dtype)  # no NaN/inf from invalid
+        uv = coordinates(torch.where(valid.unsqueeze(-1), uv, 0.5))  # no NaN/inf from invalid points
         b = source.shape[0]
         sampled = bilinear_sample(rearrange(source, "b d f h w -> (b f) d h w"), rearrange(uv, "b f n c -> (b f) n c"),
                                   self.config.padding_mode)
@@ -176,12 +189,12 @@ class DualViewTrackConditioner(ModelMixin, ConfigMixin):
         -> track tokens [B, D, 2F, h, w] (float32 or wider)."""
         cfg = self.config
         b, f, (h, w) = sampled.shape[0], sampled.shape[1], size
-        dtype = self.in_proj.weight.dtype
-        uv = torch.where(valid.unsqueeze(-1), uv, 0.5).to(dtype)  # no NaN/inf from invalid points
-        depth = torch.where(valid, depth, 1.0).to(dtype)
+        uv = coordinates(torch.where(valid.unsqueeze(-1), uv, 0.5))  # no NaN/inf from invalid points
+        depth = coordinates(torch.where(valid, depth, 1.0))
 
         # 1-3: (sampled source tokens) + Fourier(uv), residual MLP, zero tracks invalid in the source view
-        x = self.in_proj(sampled) + self.uv_proj(fourier_features(uv[:, 0], cfg.uv_fourier_bands))
+        uv_features = fourier_features(uv[:, 0], cfg.uv_fourier_bands).to(self.uv_proj.weight.dtype)
+        x = self.in_proj(sampled) + self.uv_proj(uv_features)
         x = rearrange(self.mlp(x), "b f n c -> b n f c")
         source_valid = rearrange(valid[:, 0], "b f n -> b n f")
         if source_frame_mask is not None and cfg.mask_dropped_source_frames:
@@ -200,7 +213,8 @@ class DualViewTrackConditioner(ModelMixin, ConfigMixin):
 
         # 5-6: per-view disparity encoding, output projection, bilinear scatter to each view's token grid
         disparity = self.normalized_disparity(depth, valid).unsqueeze(-1)  # [B, 2, F, N, 1]
-        views = x.unsqueeze(1) + self.disparity_proj(fourier_features(disparity, cfg.disparity_fourier_bands))
+        disparity_features = fourier_features(disparity, cfg.disparity_fourier_bands)
+        views = x.unsqueeze(1) + self.disparity_proj(disparity_features.to(self.disparity_proj.weight.dtype))
         values = self.out_proj(self.out_norm(views))  # [B, 2, F, N, D]
         grid = bilinear_scatter(rearrange(values, "b v f n d -> (b v f) n d"),
                                 rearrange(uv, "b v f n c -> (b v f) n c"), (h, w),

@@ -96,8 +96,19 @@ def timesteps(sigmas: torch.Tensor, config: FlowMatchingConfig, latent_shape: tu
 
     latent_shape is the dual-view model input's [B, C, 2F, h, w]; tokens are frame-major as in Wan.
     """
-    t = 1000.0 * sigmas.float()
-    if config.timestep_mode == "per_sample":
+    return token_timesteps(1000.0 * sigmas.float(), config.timestep_mode, latent_shape, patch_size)
+
+
+def token_timesteps(t: torch.Tensor, timestep_mode: str, latent_shape: tuple[int, ...],
+                    patch_size: tuple[int, int, int] = (1, 2, 2)) -> torch.Tensor:
+    """Timesteps t [B] -> t [B] ("per_sample") or [B, S] ("per_token", source tokens at t = 0).
+
+    latent_shape as in `timesteps`. Shared by training (`timesteps`) and inference (the pipeline, with the
+    scheduler's timesteps), so that both build the same timesteps.
+    """
+    if timestep_mode not in TIMESTEP_MODES:
+        raise ValueError(f"timestep_mode must be one of {TIMESTEP_MODES}, got {timestep_mode!r}")
+    if timestep_mode == "per_sample":
         return t
     _, _, f2, h, w = latent_shape
     frames, per_frame = f2 // patch_size[0], (h // patch_size[1]) * (w // patch_size[2])

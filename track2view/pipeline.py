@@ -7,7 +7,9 @@
                 prediction -> CFG -> scheduler step on the target latents only (the source stays clean)
     target latents --VAE--> target frames [T, H, W, 3]
 
-As in training (paper Sec. 3.4), the source half is never noised and the timestep is one scalar per sample.
+As in training (paper Sec. 3.4), the source half is never noised. Timesteps follow the export's training
+`timestep_mode` (track2view.json, training -> flow_matching): one per sample (the default, also for exports
+that do not record it) or per token with t = 0 on the source half, built by flow_matching's own function.
 The two CFG branches (negative, positive prompt) run as one batch of 2. The scheduler is the model
 directory's (Wan-2.1: UniPC with flow sigmas, shift 3.0 at 480p); `flow_shift` overrides the shift.
 
@@ -26,6 +28,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from track2view.data.latents import encode_prompt, encode_video, latent_stats, resize_and_crop
+from track2view.flow_matching import TIMESTEP_MODES, token_timesteps
 from track2view.tracks import PairedTracks
 
 DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_NUM_FRAMES = 480, 832, 81  # Wan-2.1 480p, the training resolution
@@ -48,6 +51,14 @@ def check_checkpoint_matches(model_dir, checkpoint_dir) -> None:
     if diff:
         raise ValueError(f"checkpoint {checkpoint_dir} was trained for another base model than {model_dir} "
                          f"(checkpoint vs model: {'; '.join(diff)}); pass the base model it was trained on")
+
+
+def trained_timestep_mode(checkpoint_dir) -> str:
+    """The `timestep_mode` a Track2View export was trained with ("per_sample" when it does not record one)."""
+    from track2view.transformer import Track2ViewTransformer
+
+    training = Track2ViewTransformer.read_trained_config(checkpoint_dir).get("training") or {}
+    return (training.get("flow_matching") or {}).get("timestep_mode") or "per_sample"
 
 
 class ConstantTrackTokens(torch.nn.Module):
@@ -98,10 +109,14 @@ class Track2ViewPipelineOutput(BaseOutput):
 class Track2ViewPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->transformer->vae"
 
-    def __init__(self, tokenizer, text_encoder, vae, transformer, scheduler):
+    def __init__(self, tokenizer, text_encoder, vae, transformer, scheduler, timestep_mode: str = "per_sample"):
         super().__init__()
+        if timestep_mode not in TIMESTEP_MODES:
+            raise ValueError(f"timestep_mode must be one of {TIMESTEP_MODES} (as the model was trained), "
+                             f"got {timestep_mode!r}")
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                               scheduler=scheduler)
+        self.register_to_config(timestep_mode=timestep_mode)
         vae_config = getattr(vae, "config", None)
         self.vae_scale_factor_temporal = getattr(vae_config, "scale_factor_temporal", 4)
         self.vae_scale_factor_spatial = getattr(vae_config, "scale_factor_spatial", 8)
@@ -115,6 +130,7 @@ class Track2ViewPipeline(DiffusionPipeline):
         trained Track2View export (LoRA + conditioner, docs/architecture.md "Trained checkpoint").
 
         Without `checkpoint_dir` the conditioner is freshly initialised (zero output: the base model).
+        The timestep mode (per sample or per token) is the one the export was trained with.
         The VAE runs in `vae_dtype` (float32, as Wan recommends), the rest in `torch_dtype`.
         """
         import diffusers
@@ -138,7 +154,8 @@ class Track2ViewPipeline(DiffusionPipeline):
                    text_encoder=UMT5EncoderModel.from_pretrained(model_dir, subfolder="text_encoder",
                                                                  torch_dtype=torch_dtype).eval(),
                    vae=AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", torch_dtype=vae_dtype).eval(),
-                   transformer=transformer, scheduler=scheduler_cls.from_config(scheduler_config))
+                   transformer=transformer, scheduler=scheduler_cls.from_config(scheduler_config),
+                   timestep_mode="per_sample" if checkpoint_dir is None else trained_timestep_mode(checkpoint_dir))
         if flow_shift is not None:
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=flow_shift)
         return pipe
@@ -157,9 +174,13 @@ class Track2ViewPipeline(DiffusionPipeline):
         padded = [torch.cat([e, e.new_zeros(MAX_SEQUENCE_LENGTH - len(e), e.shape[-1])])[None] for e in embeds]
         return padded[0], (padded[1] if do_cfg else None)
 
-    def check_size(self, height: int, width: int, num_frames: int) -> None:
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
         patch = self.transformer.config.patch_size if hasattr(self.transformer, "config") else (1, 2, 2)
-        multiple = self.vae_scale_factor_spatial * int(patch[-1])
+        return tuple(int(p) for p in patch)
+
+    def check_size(self, height: int, width: int, num_frames: int) -> None:
+        multiple = self.vae_scale_factor_spatial * self.patch_size[-1]
         if height % multiple or width % multiple:
             raise ValueError(f"height and width must be multiples of {multiple} (VAE x patch), got {height}x{width}")
         if (num_frames - 1) % self.vae_scale_factor_temporal:
@@ -227,7 +248,8 @@ class Track2ViewPipeline(DiffusionPipeline):
             for t in timesteps:
                 hidden = torch.cat([source, latents.to(dtype)], dim=2)  # [1, 16, 2F, h, w]: source | target
                 hidden = hidden.expand(batch, *hidden.shape[1:])
-                out = self.transformer(hidden_states=hidden, timestep=t.expand(batch), encoder_hidden_states=embeds,
+                timestep = token_timesteps(t.expand(batch), self.config.timestep_mode, hidden.shape, self.patch_size)
+                out = self.transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=embeds,
                                        tracks=tracks)
                 out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
                 pred = out[:, :, -num_target:].float()  # the target half's velocity

@@ -120,12 +120,14 @@ class PreparedTracks:
 
 
 def prepare_tracks(tracking, trajectory, num_frames: int, image_size: tuple[int, int] | None = None,
-                   stride: int = 4, num_tracks: int | None = None, target_intrinsics: np.ndarray | None = None
-                   ) -> PreparedTracks:
+                   stride: int = 4, num_tracks: int | None = None, target_intrinsics: np.ndarray | None = None,
+                   seed: int = 0) -> PreparedTracks:
     """Reproject a TrackingResult through a `trajectories.Trajectory` and subsample to the latent stride.
 
     Raises NoValidTracksError when no track is valid in the target view (naming the trajectory).
-    `num_tracks` pads (with invalid tracks) or truncates to the model's track count.
+    `num_tracks` pads (with invalid tracks) or keeps a random subset (seeded by `seed`, in the original order,
+    as the training loader does) to get the model's track count: keeping the first ones would drop every
+    last-frame query (`query_points` puts the frame-0 half first).
     """
     if len(tracking.c2w) < num_frames:
         raise ValueError(f"the tracks cover {len(tracking.c2w)} frames but {num_frames} are needed; track the "
@@ -133,6 +135,8 @@ def prepare_tracks(tracking, trajectory, num_frames: int, image_size: tuple[int,
     source_c2w = np.asarray(tracking.c2w, dtype=np.float64)[:num_frames]
     target_c2w = trajectory.target_c2w(source_c2w)
     full = reproject(tracking, target_c2w, target_intrinsics, num_frames, image_size)
+    if num_tracks is not None and num_tracks < full.num_tracks:  # the same subset for every trajectory
+        full = full.subsample_tracks(num_tracks, generator=torch.Generator().manual_seed(seed))
     if not full.valid[SOURCE].any():
         raise NoValidTracksError("no tracked point is visible in the source video; check the tracks file or "
                                  "try another tracker")

@@ -303,7 +303,7 @@ class Track2ViewModule(L.LightningModule):
                     vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
                     vae = vae.to(self.device).requires_grad_(False).eval()
             pipe = Track2ViewPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=self.model,
-                                      scheduler=scheduler)
+                                      scheduler=scheduler, timestep_mode=self.fm.timestep_mode)
             pipe.set_progress_bar_config(disable=True)
             self._aux["pipe"] = pipe
         return self._aux["pipe"]
