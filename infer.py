@@ -114,23 +114,6 @@ def extra_path(path: Path, kind: str) -> Path:
     return path.with_name(f"{path.stem}_{kind}{path.suffix}")
 
 
-def parse_tracker_args(items: list[str]) -> dict:
-    """["repo_dir=/x", "track_num=756"] -> {"repo_dir": "/x", "track_num": 756} (JSON values, else strings)."""
-    import json
-
-    kwargs = {}
-    for item in items:
-        if "=" not in item:
-            raise InputError(f"--tracker-arg must be KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            value = json.loads(value)
-        except ValueError:
-            pass
-        kwargs[key.strip().replace("-", "_")] = value
-    return kwargs
-
-
 def check_args(args) -> None:
     """Checks that need nothing loaded (fast failures before any model or tracker runs)."""
     from track2view.trajectories import resolve_name
@@ -184,12 +167,14 @@ def trajectories_for(args, num_frames: int, pivot_depth: float, units_per_metre:
 def load_or_track(args, frames):
     """TrackingResult of the source frames (their own resolution): from --tracks, or by running the tracker."""
     from track2view.reprojection import load_tracking, track_video
+    from track2view.trackers import parse_tracker_options
 
     if args.tracks:
         return load_tracking(args.tracks)
     sources = [(str(Path(args.video).resolve()), t) for t in range(len(frames))]
     try:
-        return track_video(frames, args.tracker, args.num_queries, sources, **parse_tracker_args(args.tracker_arg))
+        return track_video(frames, args.tracker, args.num_queries, sources,
+                           **parse_tracker_options(args.tracker_arg, flag="--tracker-arg"))
     except (RuntimeError, ImportError, TypeError) as e:  # backend set-up: missing clone, weights, bad option
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"tracker {args.tracker!r}: {first} (tracker options: --tracker-arg KEY=VALUE; or "
@@ -205,7 +190,7 @@ def run(args) -> list[Path]:
     check_args(args)
     for p in args.poses:  # validate pose files before the slow steps (scale applied later)
         load_poses(p, args.num_frames)
-    video, fps = read_video(args.video)
+    video, fps = read_video(args.video, max_frames=args.num_frames)  # not the whole (maybe long, 1080p) clip
     if len(video) < args.num_frames:
         usable = (len(video) - 1) // 4 * 4 + 1
         raise InputError(f"{args.video} has {len(video)} frames but --num-frames is {args.num_frames}; "

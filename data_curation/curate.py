@@ -7,12 +7,19 @@ For each chosen camera pair (A, B) of a scene: reverse A's T frames and append B
 image, so the 2T-frame sequence is seamless), query half the points at frame 0 and half at frame T-1 (never
 later: at inference only the source video exists), track, split at frame T and re-reverse the first half.
 Point n is then one scene point seen in both views: its uv/depth per view come from projecting the tracked
-world points through that view's per-frame cameras (from the tracker), valid = depth > 0 & inside & visible.
+world points through that view's per-frame cameras (from the tracker). Validity is what inference can know
+(paper sec. 3.2: positive depth and inside the image): in the source view also the tracker's visibility, in
+the target view geometry only, because at inference the target video does not exist and
+track2view.reprojection marks a reprojected point valid wherever it lands in frame in front of the camera.
+Training on occlusion-aware target validity would teach the model a mask it never gets at inference.
 
 Determinism and resume: the pair list is a function of (root content, pairs per scene, seed), pair i goes to
 shard i // samples_per_shard, and everything random is seeded per pair, so a shard is a function of its
 index. Each shard is written to a temporary name and renamed; finished shards are skipped on a re-run.
-`manifest.json` lists the counts, the shards and every rejected pair with its reason.
+`curate.json` (the settings, written before the first shard) makes a resumed run refuse other settings;
+`manifest.json` (written at the end) lists the counts, the shards and every rejected pair with its reason.
+Bad input (missing --root, unknown tracker or tracker option, other settings in --out) prints one line
+`error: ...` and exits with 2; T2V_TRACEBACK=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -38,6 +46,8 @@ from track2view.io import VideoError, atomic_path, read_video
 from track2view.tracks import PairedTracks
 
 MANIFEST = "manifest.json"
+SETTINGS = "curate.json"
+EXIT_BAD_INPUT = 2
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 
@@ -203,10 +213,11 @@ def curate_pair(pair: Pair, tracker, config: CurateConfig, captions: dict[str, s
     result = tracker.track(np.concatenate([a[::-1], b]), queries, sources)
     src, tgt = split_concatenated(result, T)
 
-    # paired tracks: project the world points through each view's cameras (from the tracker)
+    # paired tracks: project the world points through each view's cameras (from the tracker); the target view's
+    # validity is geometric only (no tgt.visible), as at inference, where there is no target video to track
     (uv_s, d_s), (uv_t, d_t) = src.project(), tgt.project()
     tracks = PairedTracks.from_projections(np.stack([uv_s, uv_t]), np.stack([d_s, d_t]),
-                                           np.stack([src.visible, tgt.visible])).validate()
+                                           np.stack([src.visible, np.ones_like(tgt.visible)])).validate()
     valid = tracks.valid.numpy()
     both = int((valid[0].any(0) & valid[1].any(0)).sum())
     if both < config.min_valid_tracks:
@@ -259,11 +270,9 @@ def write_shard(index: int, pairs: list[Pair], out: str | os.PathLike, root: str
     """Curate `pairs` into shard `index` (atomic: temp name, then rename); returns its summary."""
     import webdataset as wds
 
-    from track2view.trackers import get_tracker
-
     out, root = Path(out), Path(root)
     tar, info_path = shard_paths(out, index)
-    tracker = get_tracker(config.tracker, **config.tracker_options)
+    tracker = make_tracker(config)
     captions = read_captions(root)
     samples, rejected = [], []
     with atomic_path(tar) as tmp:
@@ -283,6 +292,16 @@ def write_shard(index: int, pairs: list[Pair], out: str | os.PathLike, root: str
     return info
 
 
+def make_tracker(config: CurateConfig):
+    """The configured tracker; ValueError naming the problem for an unknown name or option."""
+    from track2view.trackers import get_tracker
+
+    try:
+        return get_tracker(config.tracker, **config.tracker_options)
+    except TypeError as e:  # an option the backend's constructor does not take
+        raise ValueError(f"tracker {config.tracker!r} does not take the options {config.tracker_options}: {e}") from e
+
+
 def _write_shard_job(args):
     return write_shard(*args)
 
@@ -298,18 +317,22 @@ def curate(root: str | os.PathLike, out: str | os.PathLike, config: CurateConfig
         raise FileNotFoundError(f"no scenes with videos under {root} (expected <root>/<lens>/scene<N>/videos/*.mp4)")
     plan_hash = hashlib.sha256("\n".join(p.key for p in pairs).encode()).hexdigest()[:16]
     settings = {**asdict(config), "root": str(root.resolve()), "plan": plan_hash}
-    manifest_path = out / MANIFEST
-    if manifest_path.is_file():
-        previous = json.loads(manifest_path.read_text()).get("config")
+    # written before the first shard (not only in the manifest at the end), so that a run killed mid-way and
+    # resumed with other settings is refused instead of mixing shards
+    settings_path, manifest_path = out / SETTINGS, out / MANIFEST
+    if settings_path.is_file():
+        previous = json.loads(settings_path.read_text())
         if previous != settings:
-            changed = sorted(k for k in settings if (previous or {}).get(k) != settings[k])
+            changed = sorted(k for k in settings.keys() | previous.keys() if previous.get(k) != settings.get(k))
             raise ValueError(f"{out} holds shards curated with other settings (differing: {changed}); shards are "
                              f"resumed only with identical settings. Use another --out or delete {out}")
+    make_tracker(config)  # fail on an unknown tracker or option before anything is written
     S = config.samples_per_shard
     jobs = [(k, pairs[k * S:(k + 1) * S], str(out), str(root), config) for k in range((len(pairs) + S - 1) // S)]
     todo = [j for j in jobs if not is_shard_done(out, j[0])]
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(settings_path) as tmp:
+        Path(tmp).write_text(json.dumps(settings, indent=1))
     if workers > 1 and len(todo) > 1:
         with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
             # by module name, so that spawned workers can import it when this file runs as __main__
@@ -343,23 +366,13 @@ def curate(root: str | os.PathLike, out: str | os.PathLike, config: CurateConfig
     return manifest
 
 
-def _parse_option(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--tracker-option takes KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def main(argv=None):
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_curation.curate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True, help="MultiCamVideo train/ folder: <root>/<lens>/scene<N>/videos/camXX.mp4")
     p.add_argument("--out", required=True, help="output folder for shard-XXXXXX.tar, their .json and manifest.json")
     p.add_argument("--tracker", default="oracle", help="oracle (synthetic scenes) or spatialtracker_v2")
-    p.add_argument("--tracker-option", action="append", default=[], type=_parse_option, metavar="KEY=VALUE",
+    p.add_argument("--tracker-option", action="append", default=[], metavar="KEY=VALUE",
                    help="tracker option, e.g. repo_dir=/path/SpaTrackerV2 (repeatable; values are parsed as "
                         "JSON when they can be)")
     p.add_argument("--pairs-per-scene", type=int, default=2)
@@ -373,12 +386,23 @@ def main(argv=None):
     p.add_argument("--min-valid-tracks", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
     a = p.parse_args(argv)
-    config = CurateConfig(tracker=a.tracker, tracker_options=dict(a.tracker_option), pairs_per_scene=a.pairs_per_scene,
-                          seed=a.seed, num_tracks=a.num_tracks, query_sampling=a.query_sampling,
-                          samples_per_shard=a.samples_per_shard, num_frames=a.num_frames,
-                          first_frame_tolerance=a.first_frame_tolerance, min_valid_tracks=a.min_valid_tracks)
-    curate(a.root, a.out, config, workers=a.workers, verbose=True)
+    from track2view.trackers import parse_tracker_options
+
+    try:
+        config = CurateConfig(tracker=a.tracker, tracker_options=parse_tracker_options(a.tracker_option),
+                              pairs_per_scene=a.pairs_per_scene, seed=a.seed, num_tracks=a.num_tracks,
+                              query_sampling=a.query_sampling, samples_per_shard=a.samples_per_shard,
+                              num_frames=a.num_frames, first_frame_tolerance=a.first_frame_tolerance,
+                              min_valid_tracks=a.min_valid_tracks)
+        curate(a.root, a.out, config, workers=a.workers, verbose=True)
+    except (ValueError, OSError) as e:  # bad input: one line, not a traceback
+        if os.environ.get("T2V_TRACEBACK"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message} (T2V_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,7 +11,10 @@ intrinsics are cut to the same frames and mapped to the cropped frame (points cr
 
 Resumable: an output shard is written atomically and an existing one is skipped. Shard i goes to rank
 i % world_size (one process per GPU: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK, or pass --rank/--world-size).
-Counts go to OUT/manifest.d/<shard>.json and are summed into OUT/manifest.json.
+Counts go to OUT/manifest.d/<shard>.json and are summed into OUT/manifest.json; a sample that cannot be used
+(undecodable video, too short, non-finite latents, an encoder error on its batch) is skipped and counted there
+with its reason. Bad input (missing --shards, other settings in --out) prints one line `error: ...` and exits
+with 2; T2V_TRACEBACK=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -28,18 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from track2view.data import schema
 from track2view.data.latents import CenterCrop, encode_prompt, encode_video, resize_and_crop
-from track2view.data.loader import resolve_shards
+from track2view.data.loader import read_tar, resolve_shards
 from track2view.io import VideoError, atomic_path, read_video
 from track2view.tracks import PairedTracks
 
 log = logging.getLogger("precompute")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONFIG_KEYS = ("height", "width", "num_frames", "model", "max_text_len")
+EXIT_BAD_INPUT = 2
 
 
 class SkipSample(ValueError):
@@ -140,10 +143,9 @@ def prepare_sample(s: dict, args, tmp: Path) -> tuple[np.ndarray, np.ndarray, di
 
 # ---- one shard ------------------------------------------------------------------------------------------
 def read_shard(url: str, errors: list):
-    """Raw samples of a stage-1 shard; a read error ends the shard and is appended to `errors`."""
+    """Raw samples of a stage-1 shard (loader.read_tar); a read error ends the shard and is appended to `errors`."""
     try:
-        with gopen(url) as stream:
-            yield from group_by_keys({**f, "__url__": url} for f in tar_file_iterator(stream))
+        yield from read_tar(url)
     except Exception as e:
         errors.append(f"{type(e).__name__}: {e}")
         log.warning("shard %s is unreadable after the samples read so far: %r", url, e)
@@ -152,12 +154,14 @@ def read_shard(url: str, errors: list):
 def _finite_fp16(name: str, key: str, x: torch.Tensor) -> np.ndarray:
     a = x.float().cpu().numpy().astype(np.float16)
     if not np.isfinite(a).all():
-        raise ValueError(f"{key}: {name} is not finite in float16 (model or dtype problem; try --dtype fp32)")
+        raise SkipSample("non_finite", f"{key}: {name} is not finite in float16 (model or dtype problem; "
+                                       f"try --dtype fp32)")
     return a
 
 
-def encode_batch(batch: list, models: dict, args) -> list[dict]:
-    """[(source frames, target frames, members)] -> members with latents and prompt embeddings added.
+def encode_batch(batch: list, models: dict, args) -> list[dict | SkipSample]:
+    """[(source frames, target frames, members)] -> per sample: members with latents and prompt embeddings
+    added, or the SkipSample("non_finite") of a sample whose latents or embeddings are not finite.
 
     Frames are resized and cropped on the VAE's device (a 1280x1280x81 clip is 1.6 GB as float32)."""
     device = next(models["vae"].parameters()).device
@@ -173,9 +177,12 @@ def encode_batch(batch: list, models: dict, args) -> list[dict]:
     out = []
     for (_, _, members), s, g, e in zip(batch, src, tgt, text):
         key = members["__key__"]
-        out.append({**members, schema.SOURCE_LATENTS: schema.encode_npy(_finite_fp16("source latents", key, s)),
-                    schema.TARGET_LATENTS: schema.encode_npy(_finite_fp16("target latents", key, g)),
-                    schema.PROMPT_EMBEDS: schema.encode_npy(_finite_fp16("prompt embeddings", key, e))})
+        try:
+            out.append({**members, schema.SOURCE_LATENTS: schema.encode_npy(_finite_fp16("source latents", key, s)),
+                        schema.TARGET_LATENTS: schema.encode_npy(_finite_fp16("target latents", key, g)),
+                        schema.PROMPT_EMBEDS: schema.encode_npy(_finite_fp16("prompt embeddings", key, e))})
+        except SkipSample as skip:
+            out.append(skip)
     return out
 
 
@@ -186,21 +193,31 @@ def process_shard(url: str, out_path: Path, models: dict, args) -> dict:
     errors, pending = [], []
     with tempfile.TemporaryDirectory() as tmp, atomic_path(out_path) as tmp_out:
         with wds.TarWriter(str(tmp_out), encoder=False) as writer:
+            def skip(key: str, e: Exception):
+                reason = getattr(e, "reason", "decode_error")
+                record["skipped"][reason] += 1
+                record["skipped_keys"].append([key, reason])
+                log.warning("skipped sample (%s): %s", reason, e)
+
             def flush():
-                for sample in encode_batch(pending, models, args):
-                    writer.write(sample)
-                    record["samples"] += 1
+                try:
+                    encoded = encode_batch(pending, models, args)
+                except (RuntimeError, ValueError) as e:  # e.g. CUDA out of memory: skip the batch, not the run
+                    encoded = [SkipSample("encode_error", f"{m['__key__']}: encoder failed on its batch: {e!r}")
+                               for _, _, m in pending]
+                for (_, _, members), sample in zip(pending, encoded):
+                    if isinstance(sample, SkipSample):
+                        skip(members["__key__"], sample)
+                    else:
+                        writer.write(sample)
+                        record["samples"] += 1
                 pending.clear()
 
             for raw in read_shard(url, errors):
-                key = raw["__key__"]
                 try:
                     pending.append(prepare_sample(schema.decode_sample(raw), args, Path(tmp)))
                 except (SkipSample, ValueError) as e:
-                    reason = getattr(e, "reason", "decode_error")
-                    record["skipped"][reason] += 1
-                    record["skipped_keys"].append([key, reason])
-                    log.warning("skipped sample (%s): %s", reason, e)
+                    skip(raw["__key__"], e)
                 if len(pending) >= args.batch_size:
                     flush()
             if pending:
@@ -228,7 +245,7 @@ def check_config(args) -> None:
         old = json.loads(path.read_text())
         diff = {k: (old.get(k), config[k]) for k in CONFIG_KEYS if old.get(k) != config[k]}
         if diff:
-            raise SystemExit(f"{args.out} holds shards precomputed with other settings {diff} (old, new); "
+            raise ValueError(f"{args.out} holds shards precomputed with other settings {diff} (old, new); "
                              f"use another --out or the same settings")
     else:
         _write_json(path, config)
@@ -266,7 +283,7 @@ def run(args) -> dict:
     urls = resolve_shards(args.shards)
     names = [Path(u).name for u in urls]
     if len(set(names)) != len(names):
-        raise SystemExit("input shards have duplicate file names; give shards with unique names")
+        raise ValueError("input shards have duplicate file names; give shards with unique names")
     args.out.mkdir(parents=True, exist_ok=True)
     check_config(args)
     mine = [(u, args.out / n) for i, (u, n) in enumerate(zip(urls, names)) if i % args.world_size == args.rank]
@@ -282,11 +299,20 @@ def run(args) -> dict:
     return write_manifest(args.out)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    manifest = run(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        manifest = run(args)
+    except (ValueError, OSError) as e:  # bad input: one line, not a traceback
+        if os.environ.get("T2V_TRACEBACK"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"error: {message} (T2V_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(json.dumps({k: manifest[k] for k in ("shards", "samples", "skipped", "shard_errors")}), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

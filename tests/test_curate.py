@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,31 @@ def test_source_and_target_tracks_are_the_same_point(data):
     assert checked_moving > 20  # moving objects were among the checked points
 
 
+def test_validity_is_what_inference_knows(data):
+    """Source view: in frame, positive depth and seen by the tracker. Target view: in frame and positive depth,
+    also where the point is occluded (at inference there is no target video, so reprojection cannot know)."""
+    root, out = data
+    occluded = {0: 0, 1: 0}
+    for s in read_shards(out):
+        tr, meta = s["tracks.npz"], s["meta.json"]
+        scene = root / meta["lens"] / meta["scene"]
+        spec = load_ground_truth(scene)[0]
+        cams = C.read_multicam_cameras(scene / "cameras" / "camera_extrinsics.json")
+        K = C.intrinsics_from_lens(meta["lens"], H, W)
+        for view, camera in enumerate(meta["cameras"]):
+            uv, depth, valid = tr["uv"][view], tr["depth"][view], tr["valid"][view]
+            geometric = ((uv >= 0) & (uv <= 1)).all(-1) & (depth > 0)
+            # independent occlusion test: the ray through the point's pixel hits something nearer than the point
+            o, d = camera_rays(cams[camera][:T], K, np.clip(uv, 0, 1).astype(np.float64))
+            hidden = geometric & (cast(spec, o, d, np.arange(T)).t < depth * (1 - 1e-3))
+            occluded[view] += int(hidden.sum())
+            if view == 0:
+                assert not valid[hidden].any() and (valid <= geometric).all()
+            else:
+                np.testing.assert_array_equal(valid, geometric)
+    assert occluded[0] > 0 and occluded[1] > 0, occluded  # the scenes do hide points in both views
+
+
 def test_reversal_and_split():
     # a fake 2T-frame result whose points encode the sequence frame index
     n = 3
@@ -217,6 +243,42 @@ def test_resume_skips_finished_shards_and_is_deterministic(data, tmp_path):
     other = curate(root, tmp_path / "seed1", CurateConfig(**{**vars(CONFIG), "seed": 1}))
     assert other["counts"]["accepted"] == 6
     assert [p.read_bytes() for p in sorted((tmp_path / "seed1").glob("*.tar"))] != list(original.values())
+
+
+def test_a_killed_run_resumed_with_other_settings_is_refused(data, tmp_path):
+    root, out = data
+    copy = tmp_path / "shards"
+    shutil.copytree(out, copy)
+    (copy / "manifest.json").unlink()  # a run killed mid-way: some shards, no manifest yet
+    sorted(copy.glob("shard-*.tar"))[-1].unlink()
+    with pytest.raises(ValueError, match=r"other settings \(differing: \['num_tracks'\]"):
+        curate(root, copy, CurateConfig(**{**vars(CONFIG), "num_tracks": 64}))
+    assert curate(root, copy, CONFIG)["counts"]["shards_written_now"] == 1  # the same settings resume
+
+
+def _curate_cli(*args, **env):
+    return subprocess.run([sys.executable, "-m", "data_curation.curate", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+@pytest.mark.parametrize("case", ["missing root", "unknown tracker", "unknown tracker option", "malformed option"])
+def test_bad_input_exits_2_with_one_error_line_and_no_output(data, tmp_path, case):
+    root, _ = data
+    argv, expected = {
+        "missing root": (["--root", tmp_path / "nope"], "is not a directory"),
+        "unknown tracker": (["--root", root, "--tracker", "nosuch"], "unknown tracker 'nosuch'"),
+        "unknown tracker option": (["--root", root, "--tracker-option", "colour=red"], "colour"),
+        "malformed option": (["--root", root, "--tracker-option", "colour"], "--tracker-option takes KEY=VALUE"),
+    }[case]
+    out = tmp_path / "out"
+    r = _curate_cli(*argv, "--out", out)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert expected in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+    if case == "missing root":
+        r = _curate_cli(*argv, "--out", out, T2V_TRACEBACK="1")
+        assert r.returncode == 1 and "Traceback" in r.stderr and "FileNotFoundError" in r.stderr
 
 
 def test_bad_root(tmp_path):

@@ -104,13 +104,27 @@ def test_output_names_for_several_trajectories():
     assert extra_path(out, "overlay").name == "render_overlay.mp4"
 
 
-def test_tracker_args_are_json_values_or_strings():
-    from infer import InputError, parse_tracker_args
+def test_only_the_used_frames_are_decoded(scene, tracks_file, tiny_wan_dir, tmp_path, monkeypatch, capsys):
+    """A long clip is decoded up to --num-frames only (a long 1080p clip decoded whole can exhaust memory)."""
+    import infer
+    import track2view.io
 
-    assert parse_tracker_args(["repo_dir=/a/b", "track_num=756", "visibility-threshold=0.4"]) == {
-        "repo_dir": "/a/b", "track_num": 756, "visibility_threshold": 0.4}
-    with pytest.raises(InputError, match="KEY=VALUE"):
-        parse_tracker_args(["oops"])
+    for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(name, "error")  # infer.main sets them; restored after the test
+    decoded, read_video = [], track2view.io.read_video
+
+    def counting_read_video(*args, **kwargs):  # the real reader, counting the frames it returns
+        frames, fps = read_video(*args, **kwargs)
+        decoded.append(len(frames))
+        return frames, fps
+
+    monkeypatch.setattr(track2view.io, "read_video", counting_read_video)
+    write_video(tmp_path / "long.mp4", np.zeros((3 * T, H, H, 3), np.uint8), fps=15)
+    # tracks of another aspect ratio: stops right after the video is read, before any model loads
+    rc = infer.main(["--video", str(tmp_path / "long.mp4"), "--tracks", str(tracks_file), "--model", str(tiny_wan_dir),
+                     "--trajectory", "arc_left", "--out", str(tmp_path / "out.mp4"), *TINY])
+    assert rc == 2 and "tracks were computed on" in capsys.readouterr().err
+    assert decoded == [T]
 
 
 def test_list_trajectories():
@@ -150,6 +164,8 @@ def _bad_inputs(tmp: Path, scene: Path, tiny_wan_dir: Path, tracks_file: Path):
         "unknown tracker": (["--video", good, *traj, "--tracker", "cotracker"], "unknown tracker 'cotracker'"),
         "tracker not set up": (["--video", good, *traj, "--tracker", "spatialtracker_v2"], "needs repo_dir"),
         "bad tracker option": (["--video", good, *traj, *oracle, "--tracker-arg", "colour=red"], "colour"),
+        "malformed tracker option": (["--video", good, *traj, *oracle, "--tracker-arg", "colour"],
+                                     "--tracker-arg takes KEY=VALUE"),
         "missing checkpoint": (["--video", good, *traj, "--checkpoint", tmp / "nope"], "is not a directory"),
         "not a checkpoint": (["--video", good, *traj, *oracle, "--checkpoint", tmp], "is not a Track2View export"),
         "amount count": (["--video", good, *traj, "--trajectory", "dolly_in", "--amount", 1, "--amount", 2,
@@ -160,8 +176,8 @@ def _bad_inputs(tmp: Path, scene: Path, tiny_wan_dir: Path, tracks_file: Path):
 
 BAD = ["missing video", "unreadable video", "unknown codec", "too few frames", "pose shape", "pose non-finite",
        "unknown trajectory", "no valid target track", "bad tracks file", "tracks of another video",
-       "unknown tracker", "tracker not set up", "bad tracker option", "missing checkpoint", "not a checkpoint",
-       "amount count", "not a model"]
+       "unknown tracker", "tracker not set up", "bad tracker option", "malformed tracker option",
+       "missing checkpoint", "not a checkpoint", "amount count", "not a model"]
 
 
 @pytest.mark.parametrize("case", BAD)

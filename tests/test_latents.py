@@ -1,6 +1,9 @@
 """Latent encoding helpers and the precompute stage, with the tiny real Wan VAE / UMT5 (CPU)."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,13 +82,14 @@ def test_encode_prompt_equals_wan_pipeline_trimmed(wan):
 H, W, T = 32, 32, 9
 
 
-def _precompute(tmp_path, tiny_wan_dir, *extra):
+def _precompute(tmp_path, tiny_wan_dir, *extra, status=0):
     from data_curation.precompute import main
 
-    main(["--shards", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(tiny_wan_dir),
-          "--height", str(H), "--width", str(W), "--num-frames", str(T), "--batch-size", "2", "--device", "cpu",
-          "--dtype", "fp32", *extra])
-    return json.loads((tmp_path / "out" / "manifest.json").read_text())
+    rc = main(["--shards", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(tiny_wan_dir),
+               "--height", str(H), "--width", str(W), "--num-frames", str(T), "--batch-size", "2", "--device", "cpu",
+               "--dtype", "fp32", *extra])
+    assert rc == status
+    return json.loads((tmp_path / "out" / "manifest.json").read_text()) if rc == 0 else None
 
 
 def test_precompute_matches_direct_encoding_and_resumes(tmp_path, tiny_wan_dir, wan, capsys):
@@ -138,8 +142,10 @@ def test_precompute_matches_direct_encoding_and_resumes(tmp_path, tiny_wan_dir, 
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar") if p.name != shards[1].name} == \
         {k: v for k, v in stamps.items() if k != shards[1].name}
     assert manifest["samples"] == 5
-    with pytest.raises(SystemExit, match="other settings"):
-        _precompute(tmp_path, tiny_wan_dir, "--max-text-len", "16")
+    capsys.readouterr()
+    _precompute(tmp_path, tiny_wan_dir, "--max-text-len", "16", status=2)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "other settings" in last, last
 
 
 def test_precompute_splits_shards_over_ranks_and_keeps_videos(tmp_path, tiny_wan_dir):
@@ -162,3 +168,46 @@ def test_precompute_keeps_what_a_broken_shard_holds_and_never_unpickles(tmp_path
     (out,) = read_shard(tmp_path / "out" / "shard-000000.tar")
     assert out["__key__"] == good["__key__"] and "evil.pyd" not in out
     assert not marker.exists()
+
+
+def test_a_sample_the_encoder_fails_on_is_skipped_and_counted_not_the_run(tmp_path, tiny_wan_dir, monkeypatch):
+    """Fault injection into the third-party VAE: NaN latents for one video, an error (as CUDA out of memory) for
+    another; both samples are skipped with their reason, every other sample and shard is written."""
+    from diffusers import AutoencoderKLWan
+
+    write_stage1_shards(tmp_path / "in", num_shards=2, per_shard=3, num_frames=9, height=32, width=32)
+    encode, calls = AutoencoderKLWan.encode, []
+
+    def faulty_encode(self, x, *args, **kwargs):  # batch size 1: calls 2k, 2k+1 are sample k's source, target
+        calls.append(len(calls))
+        if calls[-1] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        out = encode(self, x, *args, **kwargs)
+        if calls[-1] == 1:
+            out.latent_dist.mean.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(AutoencoderKLWan, "encode", faulty_encode)
+    manifest = _precompute(tmp_path, tiny_wan_dir, "--batch-size", "1")
+    assert (manifest["shards"], manifest["samples"]) == (2, 4)
+    assert manifest["skipped"] == {"non_finite": 1, "encode_error": 1} and not manifest["shard_errors"]
+    record = json.loads((tmp_path / "out" / "manifest.d" / "shard-000000.tar.json").read_text())
+    assert record["skipped_keys"] == [["f24-scene0-cam01-cam02", "non_finite"],
+                                      ["f24-scene0-cam01-cam03", "encode_error"]]
+    assert [s["__key__"] for s in read_shard(tmp_path / "out" / "shard-000000.tar")] == ["f24-scene0-cam01-cam04"]
+
+
+def _precompute_cli(*args, **env):
+    return subprocess.run([sys.executable, "-m", "data_curation.precompute", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def test_bad_input_exits_2_with_one_error_line_and_no_output(tmp_path, tiny_wan_dir):
+    argv = ["--shards", tmp_path / "nope", "--out", tmp_path / "out", "--model", tiny_wan_dir, "--device", "cpu"]
+    r = _precompute_cli(*argv)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [r.stderr.strip().splitlines()[-1]] and errors[0].startswith("error: shards not found"), r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
+    r = _precompute_cli(*argv, T2V_TRACEBACK="1")
+    assert r.returncode == 1 and "Traceback" in r.stderr and "FileNotFoundError" in r.stderr

@@ -1,6 +1,7 @@
 """The WebDataset loader and the Lightning data module on small stage-2 shards (CPU)."""
 
 import pickle
+import tarfile
 from collections import Counter
 
 import numpy as np
@@ -11,7 +12,7 @@ from data_fixtures import (object_npy_payload, pickle_payload, stage2_arrays, st
                            write_shard, write_stage2_shards)
 from track2view.data import schema
 from track2view.data.datamodule import Track2ViewDataModule
-from track2view.data.loader import make_loader, resolve_shards
+from track2view.data.loader import make_loader, read_tar, resolve_shards
 from track2view.tracks import PairedTracks
 
 F, HW, N, L, D = 3, (4, 6), 10, 5, 32  # latent frames, latent grid, tracks, text tokens, text dim (fixture defaults)
@@ -135,6 +136,29 @@ def test_shard_specs(tmp_path):
     paths = [str(p) for p in write_stage2_shards(tmp_path, num_shards=3, per_shard=1)]
     assert resolve_shards(tmp_path) == resolve_shards(str(tmp_path / "*.tar")) == paths
     assert resolve_shards(f"{paths[2]}::{tmp_path}/shard-{{000000..000001}}.tar") == [paths[2], *paths[:2]]
+
+
+def test_a_killed_writers_temporary_file_is_not_a_shard(tmp_path):
+    (path,) = [str(p) for p in write_stage2_shards(tmp_path, num_shards=1, per_shard=1)]
+    # the name track2view.io.atomic_path gives the temporary file of a writer that was SIGKILLed
+    (tmp_path / ".shard-000001.tar.tmp4242.tar").write_bytes(b"half a shard")
+    assert resolve_shards(tmp_path) == resolve_shards(str(tmp_path / "*.tar")) == [path]
+    with pytest.raises(FileNotFoundError, match="shards not found"):
+        resolve_shards(str(tmp_path / ".*.tar"))
+
+
+def test_read_tar_yields_the_complete_samples_of_a_broken_shard_then_raises(tmp_path):
+    samples = [stage2_sample(f"f24-scene0-cam01-cam{j:02d}", seed=j) for j in range(3)]
+    path = truncate_in_member(write_shard(tmp_path / "shard-000000.tar", samples), samples[2]["__key__"],
+                              schema.SOURCE_LATENTS)
+    got = []
+    with pytest.raises(tarfile.ReadError):
+        for raw in read_tar(str(path)):
+            got.append(raw)
+    assert [r["__key__"] for r in got] == [s["__key__"] for s in samples[:2]]
+    assert got[1][schema.TRACKS] == samples[1][schema.TRACKS] and got[1]["__url__"] == str(path)
+    only = next(read_tar(str(path), select_files=lambda name: name.endswith(".txt")))
+    assert set(only) == {"__key__", "__url__", schema.CAPTION}
 
 
 def test_bad_shard_spec_is_a_clear_error(tmp_path):

@@ -11,7 +11,7 @@ from track2view.io import read_video
 from track2view.synthetic import generate, load_ground_truth
 from track2view.synthetic.render import camera_rays, cast
 from track2view.synthetic.scene import object_poses
-from track2view.trackers import TrackingResult, available_trackers, get_tracker
+from track2view.trackers import TrackingResult, available_trackers, get_tracker, parse_tracker_options
 from track2view.trackers import spatialtracker_v2 as st
 
 
@@ -87,6 +87,18 @@ def test_get_tracker_and_input_checks():
         tracker.track(video, np.array([[0, 0.5, 0.5]]), [("x/videos/cam01.mp4", 0)])
     with pytest.raises(ValueError, match=r"uint8"):
         tracker.track(video.astype(np.float32), np.array([[0, 0.5, 0.5]]), [("x/videos/cam01.mp4", 0)] * 3)
+
+
+def test_parse_tracker_options():
+    """The one KEY=VALUE parser of both command lines: JSON values, else strings; '-' in keys becomes '_'."""
+    assert parse_tracker_options(["repo_dir=/a/b", "track_num=756", "visibility-threshold=0.4", "metric=true",
+                                  "device=cuda:1", "note=a=b"]) == {
+        "repo_dir": "/a/b", "track_num": 756, "visibility_threshold": 0.4, "metric": True, "device": "cuda:1",
+        "note": "a=b"}
+    with pytest.raises(ValueError, match="--tracker-arg takes KEY=VALUE.*'oops'"):
+        parse_tracker_options(["repo_dir=/x", "oops"], flag="--tracker-arg")
+    with pytest.raises(ValueError, match="--tracker-option takes KEY=VALUE.*'=1'"):
+        parse_tracker_options(["=1"])
 
 
 @pytest.fixture(scope="module")

@@ -96,18 +96,19 @@ class LoaderStats:
 def resolve_shards(spec: str | list[str]) -> list[str]:
     """Shard URLs from a directory (its *.tar), a brace pattern ('data/shard-{000..099}.tar'), a glob
     ('data/*.tar'), a '::'-joined list of those, or a list. Local paths must exist; URLs such as
-    'pipe:...' are passed through."""
+    'pipe:...' are passed through. Directories and globs skip hidden files: `.shard-000001.tar.tmp123.tar`
+    is the temporary file of a writer that was killed (track2view.io.atomic_path), not a shard."""
     specs = spec if isinstance(spec, (list, tuple)) else str(spec).split("::")
     urls = []
     for s in specs:
         s = str(s)
         if Path(s).is_dir():
-            found = sorted(str(p) for p in Path(s).glob("*.tar"))
+            found = sorted(str(p) for p in Path(s).glob("*.tar") if not p.name.startswith("."))
             if not found:
                 raise FileNotFoundError(f"shard directory {s} holds no *.tar files; run data_curation.precompute")
             urls += found
         elif any(c in s for c in "*?["):
-            urls += sorted(glob.glob(s)) or [s]
+            urls += sorted(u for u in glob.glob(s) if not Path(u).name.startswith(".")) or [s]
         else:
             urls += wds.shardlists.expand_urls(s)
     missing = [u for u in urls if ":" not in u.split("/")[0] and not Path(u).is_file()]
@@ -121,19 +122,25 @@ def _wanted(fname: str) -> bool:
     return base_plus_ext(fname)[1] in READ
 
 
-def tar_samples(shards, stats: LoaderStats):
-    """{'url': ...} -> raw samples {'__key__', '__url__', member: bytes}.
+def read_tar(url: str, select_files=None):
+    """Raw samples {'__key__', '__url__', member: bytes} of one tar shard, in order (members filtered by
+    `select_files(name)`, default all). A shard that breaks off mid-way yields the samples completed before
+    the break, drops the partial one and then raises the read error.
 
-    Hand-written around webdataset's tar iterator and grouping (rather than `wds.tarfile_to_samples`)
-    so that a shard that breaks off mid-way is one counted error: the samples completed before the
-    break arrive, the partial one is dropped instead of leaking into the next shard's grouping.
+    Hand-written around webdataset's tar iterator and grouping (rather than `wds.tarfile_to_samples`, whose
+    grouping spans shards) so that a broken shard is one error the caller can count: the partial sample
+    never leaks into the next shard's grouping. Also used by data_curation.precompute.
     """
+    with gopen(url) as stream:
+        yield from group_by_keys({**f, "__url__": url} for f in tar_file_iterator(stream, select_files=select_files))
+
+
+def tar_samples(shards, stats: LoaderStats):
+    """{'url': ...} -> raw samples (`read_tar`, batch members only); a broken shard is counted and skipped."""
     for shard in shards:
         url = shard["url"]
         try:
-            with gopen(url) as stream:
-                files = ({**f, "__url__": url} for f in tar_file_iterator(stream, select_files=_wanted))
-                yield from group_by_keys(files)
+            yield from read_tar(url, select_files=_wanted)
             stats.count("shards")
         except Exception as e:
             stats.skip("unreadable_shard", f"{url}: {e!r}")

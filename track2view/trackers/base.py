@@ -206,6 +206,27 @@ def available_trackers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def parse_tracker_options(items: list[str], flag: str = "--tracker-option") -> dict:
+    """Command-line tracker options ["repo_dir=/x", "track-num=756"] -> {"repo_dir": "/x", "track_num": 756}.
+
+    Values are parsed as JSON when they can be (numbers, booleans, null, lists), else kept as strings; '-' in a
+    key becomes '_'. Raises ValueError naming the bad option and `flag`.
+    """
+    import json
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE (e.g. repo_dir=/path/SpaTrackerV2), got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
 def get_tracker(name: str, **kwargs) -> PointTracker:
     """Build a tracker backend by name ('oracle', 'spatialtracker_v2') with its options."""
     import importlib
