@@ -29,6 +29,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from track2view.video_size import video_size_problem
+
 EXIT_BAD_INPUT = 2
 # The defaults of track2view.pipeline (Wan-2.1 480p, 81 frames) and track2view.reprojection (1152 queries),
 # repeated here so that `--help` and bad-input errors do not wait for torch/diffusers to import.
@@ -134,10 +136,10 @@ def check_args(args) -> None:
     if args.amount and len(args.amount) not in (1, len(args.trajectory)):
         raise InputError(f"give one --amount for all trajectories or one per --trajectory "
                          f"({len(args.trajectory)}), got {len(args.amount)}")
-    if (args.num_frames - 1) % 4 or args.num_frames < 1:
-        raise InputError(f"--num-frames must be 4k+1 (e.g. 25, 49, 81), got {args.num_frames}")
-    if args.height % 16 or args.width % 16 or args.height <= 0 or args.width <= 0:
-        raise InputError(f"--height and --width must be positive multiples of 16, got {args.height}x{args.width}")
+    problem = video_size_problem(args.height, args.width, args.num_frames,
+                                 names=("--height", "--width", "--num-frames"))
+    if problem:
+        raise InputError(problem)
     if args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.num_queries < 2:

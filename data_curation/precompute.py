@@ -38,6 +38,7 @@ from track2view.data.latents import CenterCrop, encode_prompt, encode_video, res
 from track2view.data.loader import read_tar, resolve_shards
 from track2view.io import VideoError, atomic_path, read_video
 from track2view.tracks import PairedTracks
+from track2view.video_size import video_size_problem
 
 log = logging.getLogger("precompute")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,10 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
     a = p.parse_args(argv)
-    if a.num_frames < 1 or (a.num_frames - 1) % 4:
-        p.error(f"--num-frames {a.num_frames} must be 4k+1 (e.g. 81, 49, 25) for the Wan VAE")
-    if a.height % 16 or a.width % 16:
-        p.error(f"--height/--width ({a.height}x{a.width}) must be multiples of 16 (VAE 8x, transformer patch 2)")
+    problem = video_size_problem(a.height, a.width, a.num_frames, names=("--height", "--width", "--num-frames"))
+    if problem:
+        p.error(problem)
     if not 0 <= a.rank < a.world_size:
         p.error(f"--rank {a.rank} must be in [0, --world-size {a.world_size})")
     for sub in ("vae", "text_encoder", "tokenizer"):

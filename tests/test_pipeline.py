@@ -99,7 +99,7 @@ def test_bad_inputs(pipe):
         pipe(video, random_tracks(t=5), num_inference_steps=1, height=H, width=W)
     with pytest.raises(ValueError, match="4k\\+1"):
         pipe(random_video(t=8), random_tracks(t=8), num_inference_steps=1, height=H, width=W)
-    with pytest.raises(ValueError, match="multiples of 16"):
+    with pytest.raises(ValueError, match="multiple of 16"):
         pipe(video, random_tracks(), num_inference_steps=1, height=40, width=W)
     with pytest.raises(ValueError, match="has 9 frames, 13 are needed"):
         pipe(video, random_tracks(t=13), num_inference_steps=1, height=H, width=W, num_frames=13)

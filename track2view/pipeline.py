@@ -30,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from track2view.data.latents import encode_prompt, encode_video, latent_stats, resize_and_crop
 from track2view.flow_matching import TIMESTEP_MODES, token_timesteps
 from track2view.tracks import PairedTracks
+from track2view.video_size import video_size_problem
 
 DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_NUM_FRAMES = 480, 832, 81  # Wan-2.1 480p, the training resolution
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, zero-padded as WanPipeline does
@@ -181,11 +182,9 @@ class Track2ViewPipeline(DiffusionPipeline):
 
     def check_size(self, height: int, width: int, num_frames: int) -> None:
         multiple = self.vae_scale_factor_spatial * self.patch_size[-1]
-        if height % multiple or width % multiple:
-            raise ValueError(f"height and width must be multiples of {multiple} (VAE x patch), got {height}x{width}")
-        if (num_frames - 1) % self.vae_scale_factor_temporal:
-            raise ValueError(f"num_frames must be {self.vae_scale_factor_temporal}k+1 (e.g. 25, 49, 81), "
-                             f"got {num_frames}")
+        problem = video_size_problem(height, width, num_frames, multiple, self.vae_scale_factor_temporal)
+        if problem:
+            raise ValueError(problem)
 
     @torch.no_grad()
     def prepare_source(self, video: np.ndarray, prompt: str = "", negative_prompt: str | None = None,

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from track2view.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs
 from track2view.tracks import PairedTracks
+from track2view.video_size import latent_frames, video_size_problem
 
 LR_SCHEDULES = ("constant", "cosine")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -42,13 +43,10 @@ class ConfigError(ValueError):
 def check_video_size(height: int | None, width: int | None, num_frames: int | None, spatial_multiple: int = 16,
                      temporal_stride: int = 4) -> None:
     """Raise ConfigError unless height/width are multiples of VAE x patch (16) and num_frames is 4k+1."""
-    for name, value in (("height", height), ("width", width)):
-        if value is not None and (value <= 0 or value % spatial_multiple):
-            raise ConfigError(f"model.{name}={value} is not a positive multiple of {spatial_multiple} (VAE stride 8 x "
-                              f"patch 2); use e.g. 480x832")
-    if num_frames is not None and (num_frames < 1 or (num_frames - 1) % temporal_stride):
-        raise ConfigError(f"model.num_frames={num_frames} is not {temporal_stride}k+1 (the Wan VAE compresses time "
-                          f"by {temporal_stride} after the first frame); use e.g. 81 or 49")
+    problem = video_size_problem(height, width, num_frames, spatial_multiple, temporal_stride,
+                                 names=("model.height", "model.width", "model.num_frames"))
+    if problem:
+        raise ConfigError(problem)
 
 
 class Track2ViewModule(L.LightningModule):
@@ -177,7 +175,7 @@ class Track2ViewModule(L.LightningModule):
         self._checked_shape = True
         h = self.hparams
         _, c, f, lh, lw = batch["source_latents"].shape
-        expected = ((h.num_frames - 1) // 4 + 1 if h.num_frames else f, h.height // 8 if h.height else lh,
+        expected = (latent_frames(h.num_frames) if h.num_frames else f, h.height // 8 if h.height else lh,
                     h.width // 8 if h.width else lw)
         if (f, lh, lw) != expected:
             raise ConfigError(f"the shards hold latents [C, F, h, w] = {[c, f, lh, lw]} but the config says "

@@ -25,6 +25,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_itera
 
 from track2view.data import schema
 from track2view.tracks import PairedTracks
+from track2view.video_size import latent_frames
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def prepare_sample(raw: dict, num_tracks: int, max_text_len: int, temporal_strid
         reason = "non_finite" if "non-finite" in str(e) else "bad_shape"
         raise BadSample(reason, f"{key}: {schema.TRACKS}: {e}") from e
     t, f = tracks.num_frames, src.shape[1]
-    if (t - 1) % temporal_stride or (t - 1) // temporal_stride + 1 != f:
+    if (t - 1) % temporal_stride or latent_frames(t, temporal_stride) != f:
         raise BadSample("frame_count", f"{key}: {t} track frames do not match {f} latent frames "
                                        f"(need T = {temporal_stride}*(F-1)+1 = {temporal_stride * (f - 1) + 1})")
 
