@@ -56,7 +56,6 @@ def test_untrained_model_with_the_lean_ffn_equals_the_bare_wan_transformer_exact
 
 def test_lean_ffn_matches_peft_in_bfloat16_autocast():
     """The op's forward equals peft's under autocast; its chunked backward matches autograd's closely."""
-    x = inputs()[0]
     grads = []
     for chunk in (None, 5):
         m = model()

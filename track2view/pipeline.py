@@ -39,16 +39,13 @@ MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, zero-padded as WanPipeline does
 def check_checkpoint_matches(model_dir, checkpoint_dir) -> None:
     """Raise ValueError naming the differing settings when a Track2View export was trained for another base
     model than the one in `model_dir` (checked on the configs, before any weight is loaded)."""
-    import json
-
     from diffusers import WanTransformer3DModel
 
-    from track2view.transformer import FINGERPRINT_KEYS, Track2ViewTransformer
+    from track2view.transformer import Track2ViewTransformer, base_fingerprint, fingerprint_differences
 
     trained = Track2ViewTransformer.read_trained_config(checkpoint_dir).get("base_model", {})
-    config = WanTransformer3DModel.load_config(model_dir, subfolder="transformer")
-    base = json.loads(json.dumps({k: config.get(k) for k in FINGERPRINT_KEYS}))  # tuples -> lists
-    diff = [f"{k} {trained.get(k)} vs {base[k]}" for k in FINGERPRINT_KEYS if trained.get(k) != base[k]]
+    base = base_fingerprint(WanTransformer3DModel.load_config(model_dir, subfolder="transformer"))
+    diff = [f"{k} {a} vs {b}" for k, (a, b) in fingerprint_differences(trained, base).items()]
     if diff:
         raise ValueError(f"checkpoint {checkpoint_dir} was trained for another base model than {model_dir} "
                          f"(checkpoint vs model: {'; '.join(diff)}); pass the base model it was trained on")

@@ -51,6 +51,16 @@ FINGERPRINT_KEYS = ("patch_size", "num_attention_heads", "attention_head_dim", "
 CHECKPOINTING_MODES = ("none", "full", "selective")
 
 
+def base_fingerprint(config) -> dict:
+    """The base-model settings an export must match (FINGERPRINT_KEYS of a Wan transformer config), JSON-typed."""
+    return json.loads(json.dumps({k: config.get(k) for k in FINGERPRINT_KEYS}))  # tuples -> lists
+
+
+def fingerprint_differences(trained: dict, base: dict) -> dict:
+    """{key: (checkpoint value, base value)} for every fingerprint key on which the two disagree."""
+    return {k: (trained.get(k), base.get(k)) for k in FINGERPRINT_KEYS if trained.get(k) != base.get(k)}
+
+
 @dataclass
 class LoraSettings:
     rank: int = 64
@@ -376,8 +386,7 @@ class Track2ViewTransformer(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     def fingerprint(self) -> dict:
-        config = dict(self.transformer.config)
-        return json.loads(json.dumps({k: config.get(k) for k in FINGERPRINT_KEYS}))  # tuples -> lists
+        return base_fingerprint(dict(self.transformer.config))
 
     # ---- forward --------------------------------------------------------------------------------------
     def _add_track_tokens(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
@@ -505,9 +514,8 @@ class Track2ViewTransformer(nn.Module):
 
         directory = Path(directory)
         meta = self.read_trained_config(directory)
-        if meta["base_model"] != self.fingerprint():
-            diff = {k: (meta["base_model"].get(k), v) for k, v in self.fingerprint().items()
-                    if meta["base_model"].get(k) != v}
+        diff = fingerprint_differences(meta["base_model"], self.fingerprint())
+        if diff:
             raise ValueError(f"checkpoint {directory} was trained for {meta['base_model']} but base model is "
                              f"{self.fingerprint()} (differs in {sorted(diff)}: checkpoint vs base {diff})")
         settings = LoraSettings.coerce(meta["lora"])
