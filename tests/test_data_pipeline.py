@@ -5,7 +5,8 @@ import torch
 
 from data_curation import precompute
 from data_curation.curate import CurateConfig, curate
-from track2view.data.loader import make_dataset
+from track2view.data.loader import make_dataset, read_tar, resolve_shards
+from track2view.data.schema import LATENT_MEMBERS
 from track2view.synthetic import generate
 from track2view.tracks import PairedTracks
 
@@ -21,6 +22,10 @@ def test_scenes_to_training_batch(tmp_path, tiny_wan_dir):
     precompute.main(["--shards", str(tmp_path / "tracks"), "--out", str(tmp_path / "latents"),
                      "--model", str(tiny_wan_dir), "--height", str(H), "--width", str(W),
                      "--num-frames", str(T), "--device", "cpu", "--dtype", "fp32"])
+
+    for shard in resolve_shards(str(tmp_path / "latents")):
+        for sample in read_tar(shard):
+            assert set(LATENT_MEMBERS) <= set(sample), sorted(sample)  # the stage-2 schema of docs/architecture.md
 
     data = make_dataset(str(tmp_path / "latents"), batch_size=2, num_tracks=48, max_text_len=16, resampled=False,
                         shuffle_buffer=0)

@@ -28,10 +28,6 @@ CURATED_MEMBERS = (TRACKS, CAMERAS, TRACKING, META, CAPTION, SOURCE_VIDEO, TARGE
 LATENT_MEMBERS = (TRACKS, CAMERAS, TRACKING, META, CAPTION, SOURCE_LATENTS, TARGET_LATENTS, PROMPT_EMBEDS)
 
 
-class UnsafeMemberError(ValueError):
-    pass
-
-
 def encode_npz(arrays: dict) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
