@@ -29,9 +29,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from track2view.errors import report_bad_input
 from track2view.video_size import video_size_problem
 
-EXIT_BAD_INPUT = 2
 # The defaults of track2view.pipeline (Wan-2.1 480p, 81 frames) and track2view.reprojection (1152 queries),
 # repeated here so that `--help` and bad-input errors do not wait for torch/diffusers to import.
 DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_NUM_FRAMES, DEFAULT_NUM_QUERIES = 480, 832, 81, 1152
@@ -295,9 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = run(args)
     except bad_input_types() as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_bad_input(e)
     for path in written:
         print(path)
     return 0

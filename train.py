@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from track2view.callbacks import NonFiniteLossError
+    from track2view.errors import report_bad_input
 
     try:
         if args and args[0] == "export":
@@ -104,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 1
     except (ValueError, OSError, KeyError, MisconfigurationException) as e:
-        if os.environ.get("T2V_TRACEBACK"):
-            raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"train.py: error: {message} (T2V_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-        return 2
+        return report_bad_input(e, prog="train.py")
     return 0
 
 

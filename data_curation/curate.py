@@ -42,12 +42,12 @@ import numpy as np
 
 from track2view import cameras as cam
 from track2view.data import schema
+from track2view.errors import report_bad_input
 from track2view.io import VideoError, atomic_path, read_video
 from track2view.tracks import PairedTracks
 
 MANIFEST = "manifest.json"
 SETTINGS = "curate.json"
-EXIT_BAD_INPUT = 2
 SHARD_PATTERN = "shard-{:06d}.tar"
 
 
@@ -396,11 +396,7 @@ def main(argv=None) -> int:
                               min_valid_tracks=a.min_valid_tracks)
         curate(a.root, a.out, config, workers=a.workers, verbose=True)
     except (ValueError, OSError) as e:  # bad input: one line, not a traceback
-        if os.environ.get("T2V_TRACEBACK"):
-            raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {message} (T2V_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_bad_input(e)
     return 0
 
 

@@ -36,6 +36,7 @@ import webdataset as wds
 from track2view.data import schema
 from track2view.data.latents import CenterCrop, encode_prompt, encode_video, resize_and_crop
 from track2view.data.loader import read_tar, resolve_shards
+from track2view.errors import report_bad_input
 from track2view.io import VideoError, atomic_path, read_video
 from track2view.tracks import PairedTracks
 from track2view.video_size import video_size_problem
@@ -43,7 +44,6 @@ from track2view.video_size import video_size_problem
 log = logging.getLogger("precompute")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONFIG_KEYS = ("height", "width", "num_frames", "model", "max_text_len")
-EXIT_BAD_INPUT = 2
 
 
 class SkipSample(ValueError):
@@ -305,11 +305,7 @@ def main(argv=None) -> int:
     try:
         manifest = run(args)
     except (ValueError, OSError) as e:  # bad input: one line, not a traceback
-        if os.environ.get("T2V_TRACEBACK"):
-            raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"error: {message} (T2V_TRACEBACK=1 shows the traceback)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return report_bad_input(e)
     print(json.dumps({k: manifest[k] for k in ("shards", "samples", "skipped", "shard_errors")}), flush=True)
     return 0
 
