@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from track2view.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs  # noqa: E402
-from track2view.tiny import TINY_TRANSFORMER, WAN_1_3B  # noqa: E402
+from track2view.tiny import TINY_TRANSFORMER, WAN_1_3B, WAN_14B  # noqa: E402
 from track2view.tracks import PairedTracks  # noqa: E402
 from track2view.transformer import SpeedSettings, Track2ViewTransformer  # noqa: E402
 
@@ -80,7 +80,7 @@ class Setup:
     def __init__(self, args):
         self.args = args
         self.device = torch.device(args.device)
-        self.cfg = dict(TINY_TRANSFORMER if args.tiny else WAN_1_3B)
+        self.cfg = dict(TINY_TRANSFORMER if args.tiny else {"1.3b": WAN_1_3B, "14b": WAN_14B}[args.model])
         default_size = (32, 32, 5) if args.tiny else (480, 832, 81)
         self.H, self.W, self.F = (int(os.environ.get(k, d)) for k, d in zip("HWF", default_size))
         self.B = int(os.environ.get("B", 1))
@@ -127,7 +127,7 @@ class Setup:
         s = statistics.median(times[warmup:])
         return dict(variant=label, s_per_step=round(s, 3), tokens_per_s=round(self.B * self.tokens / s),
                     peak_GiB=max(warmup_peak, self.peak_gib()), steady_peak_GiB=self.peak_gib(),
-                    HxWxF=f"{self.H}x{self.W}x{self.F}", B=self.B, tokens=self.tokens,
+                    model="tiny" if self.args.tiny else self.args.model, HxWxF=f"{self.H}x{self.W}x{self.F}", B=self.B, tokens=self.tokens,
                     warmup_s=[round(t, 2) for t in times[:warmup]], **extra)
 
 
@@ -336,6 +336,7 @@ def main():
     ap.add_argument("--max-minutes", type=float, default=7.5,
                     help="skip a run when the time so far plus the longest run so far would exceed this")
     ap.add_argument("--tracks", type=int, default=1152)
+    ap.add_argument("--model", choices=("1.3b", "14b"), default="1.3b", help="Wan-2.1 T2V shape (random init)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny Wan at 32x32x5 (CPU smoke test)")
     ap.add_argument("--memory-profile", action="store_true",
