@@ -127,7 +127,8 @@ class Setup:
         s = statistics.median(times[warmup:])
         return dict(variant=label, s_per_step=round(s, 3), tokens_per_s=round(self.B * self.tokens / s),
                     peak_GiB=max(warmup_peak, self.peak_gib()), steady_peak_GiB=self.peak_gib(),
-                    model="tiny" if self.args.tiny else self.args.model, HxWxF=f"{self.H}x{self.W}x{self.F}", B=self.B, tokens=self.tokens,
+                    model="tiny" if self.args.tiny else self.args.model, HxWxF=f"{self.H}x{self.W}x{self.F}",
+                    B=self.B, tokens=self.tokens,
                     warmup_s=[round(t, 2) for t in times[:warmup]], **extra)
 
 
