@@ -168,11 +168,11 @@ def trajectories_for(args, num_frames: int, pivot_depth: float, units_per_metre:
 
 def load_or_track(args, frames):
     """TrackingResult of the source frames (their own resolution): from --tracks, or by running the tracker."""
-    from track2view.reprojection import load_tracking, track_video
-    from track2view.trackers import parse_tracker_options
+    from track2view.reprojection import track_video
+    from track2view.trackers import TrackingResult, parse_tracker_options
 
     if args.tracks:
-        return load_tracking(args.tracks)
+        return TrackingResult.load(args.tracks)
     sources = [(str(Path(args.video).resolve()), t) for t in range(len(frames))]
     try:
         return track_video(frames, args.tracker, args.num_queries, sources,

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from track2view.tiny import TINY_TRANSFORMER, WAN_1_3B  # noqa: E402
 from track2view.tracks import PairedTracks  # noqa: E402
+from track2view.video_size import latent_frames  # noqa: E402
 
 VIDEO_STEPS = 50
 
@@ -81,7 +82,7 @@ class ConditionerTimer:
 
 
 def make_inputs(args, device, dtype, text_dim):
-    lf, lh, lw = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    lf, lh, lw = latent_frames(args.frames), args.height // 8, args.width // 8
     g = torch.Generator().manual_seed(0)
     source = torch.randn(1, 16, lf, lh, lw, generator=g).to(device)
     embeds = torch.randn(1, args.text_len, text_dim, generator=g).to(device, dtype)

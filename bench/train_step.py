@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from track2view.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs  # noqa: E402
 from track2view.tiny import TINY_TRANSFORMER, WAN_1_3B, WAN_14B  # noqa: E402
 from track2view.tracks import PairedTracks  # noqa: E402
+from track2view.video_size import latent_frames  # noqa: E402
 from track2view.transformer import SpeedSettings, Track2ViewTransformer  # noqa: E402
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
@@ -84,7 +85,7 @@ class Setup:
         default_size = (32, 32, 5) if args.tiny else (480, 832, 81)
         self.H, self.W, self.F = (int(os.environ.get(k, d)) for k, d in zip("HWF", default_size))
         self.B = int(os.environ.get("B", 1))
-        self.lf, self.lh, self.lw = (self.F - 1) // 4 + 1, self.H // 8, self.W // 8
+        self.lf, self.lh, self.lw = latent_frames(self.F), self.H // 8, self.W // 8
         self.tokens = 2 * self.lf * (self.lh // 2) * (self.lw // 2)
         self.text_len = 512
         self.num_tracks = 16 if args.tiny else args.tracks

@@ -29,6 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from track2view.video_size import latent_frames  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser()
@@ -54,7 +56,7 @@ def synthetic_pool(args, size: int = 8):
     """`size` distinct samples [16, F, h, w] etc., generated once from fixed seeds."""
     from track2view.tracks import PairedTracks
 
-    f, h, w = (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8
+    f, h, w = latent_frames(args.frames), args.height // 8, args.width // 8
     text_dim = 32 if args.model == "tiny" else 4096
     pool = []
     for i in range(size):
@@ -149,7 +151,7 @@ def worker(args) -> None:
 
     step_s = sorted(probe.times[args.warmup:])[len(probe.times[args.warmup:]) // 2]
     samples_per_step = args.batch * devices * accumulate
-    tokens = 2 * ((args.frames - 1) // 4 + 1) * (args.height // 16) * (args.width // 16)
+    tokens = 2 * latent_frames(args.frames) * (args.height // 16) * (args.width // 16)
     result = dict(run=f"{devices}gpu", model=args.model, hwf=f"{args.height}x{args.width}x{args.frames}",
                   per_gpu_batch=args.batch, accumulate=accumulate, step_s=round(step_s, 4),
                   samples_per_s=round(samples_per_step / step_s, 3),

@@ -43,7 +43,7 @@ import numpy as np
 from track2view import cameras as cam
 from track2view.data import schema
 from track2view.errors import report_bad_input
-from track2view.io import VideoError, atomic_path, read_video
+from track2view.io import VideoError, atomic_path, read_video, write_json
 from track2view.tracks import PairedTracks
 
 MANIFEST = "manifest.json"
@@ -287,8 +287,7 @@ def write_shard(index: int, pairs: list[Pair], out: str | os.PathLike, root: str
                 sink.write(sample)
                 samples.append(pair.key)
         info = {"shard": tar.name, "index": index, "samples": samples, "rejected": rejected}
-        with atomic_path(info_path) as tmp_info:  # the summary lands first; the shard's rename marks it done
-            Path(tmp_info).write_text(json.dumps(info, indent=1))
+        write_json(info_path, info)  # the summary lands first; the shard's rename marks it done
     return info
 
 
@@ -331,8 +330,7 @@ def curate(root: str | os.PathLike, out: str | os.PathLike, config: CurateConfig
     jobs = [(k, pairs[k * S:(k + 1) * S], str(out), str(root), config) for k in range((len(pairs) + S - 1) // S)]
     todo = [j for j in jobs if not is_shard_done(out, j[0])]
     start = time.perf_counter()
-    with atomic_path(settings_path) as tmp:
-        Path(tmp).write_text(json.dumps(settings, indent=1))
+    write_json(settings_path, settings)
     if workers > 1 and len(todo) > 1:
         with mp.get_context("spawn").Pool(min(workers, len(todo))) as pool:
             # by module name, so that spawned workers can import it when this file runs as __main__
@@ -357,8 +355,7 @@ def curate(root: str | os.PathLike, out: str | os.PathLike, config: CurateConfig
         "shards": [{"name": i["shard"], "samples": len(i["samples"]), "keys": i["samples"]} for i in infos],
         "rejected": [r for i in infos for r in i["rejected"]],
     }
-    with atomic_path(manifest_path) as tmp:
-        Path(tmp).write_text(json.dumps(manifest, indent=1))
+    write_json(manifest_path, manifest)
     if verbose:
         c = manifest["counts"]
         print(f"{c['accepted']} samples in {c['shards']} shards ({c['shards_written_now']} written now), "

@@ -37,7 +37,7 @@ from track2view.data import schema
 from track2view.data.latents import CenterCrop, encode_prompt, encode_video, resize_and_crop
 from track2view.data.loader import read_tar, resolve_shards
 from track2view.errors import report_bad_input
-from track2view.io import VideoError, atomic_path, read_video
+from track2view.io import VideoError, atomic_path, read_video, write_json
 from track2view.tracks import PairedTracks
 from track2view.video_size import video_size_problem
 
@@ -225,16 +225,11 @@ def process_shard(url: str, out_path: Path, models: dict, args) -> dict:
         record["error"] = errors[0] if errors else None
         record["skipped"] = dict(record["skipped"])
         # the record goes first, the shard is renamed into place after it: an existing shard implies its record
-        _write_json(args.out / "manifest.d" / f"{out_path.name}.json", record)
+        write_json(args.out / "manifest.d" / f"{out_path.name}.json", record, sort_keys=True)
     return record
 
 
 # ---- driver ---------------------------------------------------------------------------------------------
-def _write_json(path: Path, obj) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-
-
 def check_config(args) -> None:
     """Record the run's configuration in OUT/precompute.json; refuse to mix configurations in one OUT."""
     config = {"height": args.height, "width": args.width, "num_frames": args.num_frames,
@@ -248,7 +243,7 @@ def check_config(args) -> None:
             raise ValueError(f"{args.out} holds shards precomputed with other settings {diff} (old, new); "
                              f"use another --out or the same settings")
     else:
-        _write_json(path, config)
+        write_json(path, config, sort_keys=True)
 
 
 def write_manifest(out: Path) -> dict:
@@ -262,7 +257,7 @@ def write_manifest(out: Path) -> dict:
                 "shard_errors": {r["shard"]: r["error"] for r in records if r["error"]},
                 "config": json.loads((out / "precompute.json").read_text()),
                 "per_shard": {r["shard"]: {"samples": r["samples"], "skipped": r["skipped"]} for r in records}}
-    _write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest, sort_keys=True)
     return manifest
 
 

@@ -138,7 +138,7 @@ def read_multicam_cameras(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def write_multicam_cameras(path: str | os.PathLike, c2w_by_camera: dict[str, np.ndarray]) -> Path:
     """Write OpenCV c2w [T, 4, 4] (metres) per camera as MultiCamVideo's Unreal JSON, atomically."""
-    from track2view.io import atomic_path
+    from track2view.io import write_json
 
     lengths = {len(v) for v in c2w_by_camera.values()}
     if len(lengths) != 1:
@@ -146,9 +146,7 @@ def write_multicam_cameras(path: str | os.PathLike, c2w_by_camera: dict[str, np.
     unreal = {c: opencv_to_unreal(np.asarray(v, dtype=np.float64)) for c, v in c2w_by_camera.items()}
     data = {f"frame{t}": {c: format_unreal_matrix(unreal[c][t]) for c in sorted(unreal)}
             for t in range(lengths.pop())}
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=1))
-    return Path(path)
+    return write_json(path, data)
 
 
 # ---- intrinsics ---------------------------------------------------------------------------------------

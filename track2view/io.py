@@ -7,6 +7,7 @@ sibling and renamed into place, so an interrupted job never leaves a half-writte
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +31,13 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 1, sort_keys: bool = False) -> Path:
+    """Write `obj` as JSON to `path`, atomically (see `atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys))
+    return Path(path)
 
 
 def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:

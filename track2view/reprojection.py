@@ -41,13 +41,6 @@ def query_points(num_frames: int, num_queries: int = DEFAULT_NUM_QUERIES, height
     return curation_queries(num_queries, (0, num_frames - 1), rng, height, width, "grid").astype(np.float32)
 
 
-def load_tracking(path):
-    """Read a TrackingResult npz (docs/architecture.md "Tracking result"; `allow_pickle=False`)."""
-    from track2view.trackers import TrackingResult
-
-    return TrackingResult.load(path)
-
-
 def track_video(frames: np.ndarray, tracker: str = "spatialtracker_v2", num_queries: int = DEFAULT_NUM_QUERIES,
                 frame_sources=None, **tracker_kwargs):
     """Run a tracker backend (`track2view.trackers`) on the source frames [T, H, W, 3] uint8 at their own

@@ -270,10 +270,8 @@ def load_poses(path: str | Path, num_frames: int, units_per_metre: float = 1.0) 
 
 def save_poses(path: str | Path, c2w: np.ndarray, units: str = "metres") -> Path:
     """Write per-frame c2w poses (relative to the source camera at frame 0) as a JSON pose file, atomically."""
-    from track2view.io import atomic_path
+    from track2view.io import write_json
 
     c2w = np.asarray(c2w, dtype=np.float64)
     spec = {"convention": "opencv", "pose": "c2w", "units": units, "poses": c2w.tolist()}
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(spec))
-    return Path(path)
+    return write_json(path, spec, indent=None)

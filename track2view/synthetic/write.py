@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from track2view.cameras import write_multicam_cameras
-from track2view.io import atomic_path, write_video
+from track2view.io import atomic_path, write_json, write_video
 from track2view.synthetic.render import render
 from track2view.synthetic.scene import scene_cameras
 
@@ -46,8 +46,7 @@ def write_scene(root: str | os.PathLike, spec: dict, supersample: int = 2, crf: 
     with atomic_path(out / GROUND_TRUTH_DIR / CAMERAS_FILE) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, c2w=c2w, intrinsics=K, names=np.asarray(names))
-    with atomic_path(out / GROUND_TRUTH_DIR / SPEC_FILE) as tmp:
-        Path(tmp).write_text(json.dumps(spec, indent=1))
+    write_json(out / GROUND_TRUTH_DIR / SPEC_FILE, spec)
     return out
 
 
