@@ -26,9 +26,13 @@ def _cli_class():
     from lightning.pytorch.plugins.io import TorchCheckpointIO
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
-    from track2view.checkpointing import AtomicCheckpointIO
+    from track2view.training.checkpoints import AtomicCheckpointIO
 
     class Track2ViewCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # the loader reads what the model's conditioning kind needs: one setting, not two to keep in step
+            parser.link_arguments("model.conditioning", "data.conditioning")
+
         def before_instantiate_classes(self) -> None:
             # Logger save_dir / ModelCheckpoint dirpath may start with "${trainer.default_root_dir}" so that one
             # --trainer.default_root_dir moves logs and checkpoints together (and `--ckpt_path last` finds them).
@@ -38,7 +42,7 @@ def _cli_class():
 
         def instantiate_trainer(self, **kwargs):
             trainer = super().instantiate_trainer(**kwargs)
-            # Atomic checkpoint files (DeepSpeed writes directories itself: see checkpointing.ZeRO1Strategy).
+            # Atomic checkpoint files (DeepSpeed writes directories itself: see track2view.training.strategy).
             strategy = trainer.strategy
             if not isinstance(strategy, DeepSpeedStrategy) and type(strategy.checkpoint_io) is TorchCheckpointIO:
                 strategy.checkpoint_io = AtomicCheckpointIO()
@@ -66,7 +70,7 @@ def fit_main(argv: list[str] | None) -> None:
 
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # the seed is in the config
     from track2view.data.datamodule import Track2ViewDataModule
-    from track2view.training import Track2ViewModule
+    from track2view.training.module import Track2ViewModule
 
     _cli_class()(Track2ViewModule, Track2ViewDataModule, args=argv, seed_everything_default=0,
                  save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
@@ -81,7 +85,7 @@ def export_main(argv: list[str]) -> None:
                         help="base Wan diffusers directory, if it moved since training "
                              "(default: the one in the checkpoint)")
     args = parser.parse_args(argv)
-    from track2view.checkpointing import export_checkpoint
+    from track2view.training.checkpoints import export_checkpoint
 
     out = export_checkpoint(args.ckpt, args.out, model_path=args.model_path)
     print(f"exported {args.ckpt} -> {out}")
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from track2view.callbacks import NonFiniteLossError
+    from track2view.training.callbacks import NonFiniteLossError
     from track2view.errors import report_bad_input
 
     try:

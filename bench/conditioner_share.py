@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_step import Setup, parse_variant, random_tracks, run_ours  # noqa: E402
 
-from track2view.transformer import Track2ViewTransformer  # noqa: E402
+from track2view.model.transformer import Track2ViewTransformer  # noqa: E402
 
 
 def time_conditioner(st: Setup, speed) -> dict:
-    model = Track2ViewTransformer(st.base_model(), conditioner_config=st.conditioner,
+    model = Track2ViewTransformer(st.base_model(), conditioning_config=st.conditioner,
                                   lora=dict(rank=st.rank, alpha=st.rank))
     model.configure_speed(speed)
     model.train()
@@ -41,7 +41,7 @@ def time_conditioner(st: Setup, speed) -> dict:
         tokens = model.transformer.patch_embedding(x)  # what the hook hands the conditioner
     tracks = random_tracks(st, gen)
     grad = torch.randn(tokens.shape, generator=gen, device=st.device, dtype=tokens.dtype)
-    cond = model.conditioner
+    cond = model.conditioning
     st.reset_peak()
     before = torch.cuda.memory_allocated() if st.device.type == "cuda" else 0
     times = []

@@ -7,7 +7,7 @@ Wan2.1-1.3B shape, random init (no weights needed), 480x832x81 by default: sourc
   hook, LoRA r=64 on attention + FFN, CFG batch 2, scheduler step on the target only). Variants: track tokens
   computed once per video (default) or at every step (_nocache), the LoRA fused into the base weights
   (_fused), compiled blocks (_compiled); --attention-backend for all.
-* plain: the loop of shared/bench/wan_infer_step.py (bare WanTransformer3DModel, same tokens, batch 2) plus
+* plain: the plain diffusers denoising loop (bare WanTransformer3DModel, same tokens, batch 2) plus
   the same CFG combine + scheduler step, i.e. what re-rendering costs without tracks or LoRA.
 
 To fit a 10-minute budget each variant runs `--warmup` denoising steps and then times `--steps` steps
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from track2view.tiny import TINY_TRANSFORMER, WAN_1_3B  # noqa: E402
+from track2view.testing.tiny import TINY_TRANSFORMER, WAN_1_3B  # noqa: E402
 from track2view.tracks import PairedTracks  # noqa: E402
 from track2view.video_size import latent_frames  # noqa: E402
 
@@ -189,8 +189,8 @@ def main(argv=None):
 def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, source, embeds, negative, tracks):
     from diffusers import WanTransformer3DModel
 
-    from track2view.pipeline import Track2ViewPipeline
-    from track2view.transformer import Track2ViewTransformer
+    from track2view.inference.pipeline import Track2ViewPipeline
+    from track2view.model.transformer import Track2ViewTransformer
 
     compiled, fused, cache = variant.endswith("_compiled"), "_fused" in variant, "_nocache" not in variant
     torch.manual_seed(0)
@@ -201,17 +201,17 @@ def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, sou
             base = model
             fn = lambda n: plain_loop(model, source, embeds, negative, n)  # noqa: E731
         elif variant.startswith("ours"):
-            model = Track2ViewTransformer.from_config(wan_config, torch_dtype=dtype, conditioner_config=conditioner,
+            model = Track2ViewTransformer.from_config(wan_config, torch_dtype=dtype, conditioning_config=conditioner,
                                                       lora=lora).to(device).eval()
             pipe = Track2ViewPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
                                       scheduler=scheduler())
             pipe.set_progress_bar_config(disable=True)
             if fused:
                 pipe.fuse_lora()
-            base, timer = model.transformer, ConditionerTimer(model.conditioner, device)
-            fn = lambda n: pipe.denoise(source, embeds, tracks, negative, num_inference_steps=n,  # noqa: E731
+            base, timer = model.transformer, ConditionerTimer(model.conditioning, device)
+            fn = lambda n: pipe.denoise(source, embeds, {"tracks": tracks}, negative, num_inference_steps=n,  # noqa: E731
                                         guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
-                                        cache_track_tokens=cache)
+                                        reuse_conditioning=cache)
         else:
             raise ValueError(f"unknown variant {variant!r}")
     if args.attention_backend:

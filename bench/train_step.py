@@ -1,4 +1,4 @@
-"""Training-step benchmark: the plain diffusers+peft baseline of shared/bench/wan_step.py against our full
+"""Training-step benchmark: the plain diffusers+peft baseline against our full
 Track2View step (conditioner with 1152 tracks + target-half flow-matching loss + AdamW) under named variants,
 in one process, one after the other on the same GPU.
 
@@ -36,11 +36,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from track2view.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs  # noqa: E402
-from track2view.tiny import TINY_TRANSFORMER, WAN_1_3B, WAN_14B  # noqa: E402
+from track2view.model.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs  # noqa: E402
+from track2view.testing.tiny import TINY_TRANSFORMER, WAN_1_3B, WAN_14B  # noqa: E402
 from track2view.tracks import PairedTracks  # noqa: E402
 from track2view.video_size import latent_frames  # noqa: E402
-from track2view.transformer import SpeedSettings, Track2ViewTransformer  # noqa: E402
+from track2view.model.transformer import SpeedSettings, Track2ViewTransformer  # noqa: E402
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 PRESETS = {
@@ -240,7 +240,7 @@ def profile_step(st, step, transformer, label: str) -> None:
 
 
 def run_baseline(st: Setup) -> dict:
-    """shared/bench/wan_step.py's `run("default", ckpt=True)`: bf16 Wan, LoRA r=64 (fp32), SDPA, full ckpt, AdamW."""
+    """The plain baseline: bf16 Wan, LoRA r=64 (fp32), SDPA, full ckpt, AdamW."""
     from peft import LoraConfig
 
     m = st.base_model()
@@ -285,7 +285,7 @@ def random_tracks(st: Setup, generator: torch.Generator) -> PairedTracks:
 
 
 def run_ours(st: Setup, name: str, variant: dict) -> dict:
-    model = Track2ViewTransformer(st.base_model(), conditioner_config=st.conditioner,
+    model = Track2ViewTransformer(st.base_model(), conditioning_config=st.conditioner,
                                   lora=dict(rank=st.rank, alpha=st.rank))
     model.configure_speed(variant["speed"])
     model.train()
@@ -303,9 +303,11 @@ def run_ours(st: Setup, name: str, variant: dict) -> dict:
     def step(phases=None):
         mark = phases.mark if phases else (lambda phase: None)
         mark("fwd_embed")
-        inputs = prepare_training_inputs(source, target, tracks, fm, generator=gen)
+        inputs = prepare_training_inputs(source, target, fm, generator=gen)
+        cond = model.conditioning.augment({"tracks": tracks}, fm, gen)
         with torch.autocast(st.device.type, dtype=torch.bfloat16):
-            prediction = model(inputs.hidden_states, inputs.timestep, text, inputs.tracks, inputs.source_frame_mask)
+            prediction = model(inputs.hidden_states, inputs.timestep, text, **cond,
+                               source_frame_mask=inputs.source_frame_mask)
             loss = flow_matching_loss(prediction, inputs.velocity)
         mark("bwd_head")
         loss.backward()

@@ -1,4 +1,4 @@
-"""ZeRO-1 data-parallel scaling of Track2View training through Lightning (track2view.checkpointing.ZeRO1Strategy).
+"""ZeRO-1 data-parallel scaling of Track2View training through Lightning (track2view.training.strategy.ZeRO1Strategy).
 
 Two runs over the same global sample sequence, same per-GPU batch:
   * 1 GPU, accumulate_grad_batches=2   (global batch 2B)
@@ -90,9 +90,9 @@ class GlobalOrderBatches(torch.utils.data.IterableDataset):
 def worker(args) -> None:
     import lightning as L
 
-    from track2view.checkpointing import ZeRO1Strategy
-    from track2view.tiny import TINY_TRANSFORMER, WAN_1_3B, WAN_14B
-    from track2view.training import Track2ViewModule
+    from track2view.training.strategy import ZeRO1Strategy
+    from track2view.testing.tiny import TINY_TRANSFORMER, WAN_1_3B, WAN_14B
+    from track2view.training.module import Track2ViewModule
 
     devices, accumulate = args.worker, 2 // args.worker
 
@@ -134,7 +134,7 @@ def worker(args) -> None:
     wan = {"1.3b": WAN_1_3B, "14b": WAN_14B, "tiny": TINY_TRANSFORMER}[args.model]
     width = 64 if args.model == "tiny" else 512
     module = Track2ViewModule(wan_config=dict(wan), torch_dtype="float32" if args.smoke else "bfloat16",
-                              conditioner=dict(width=width, num_layers=8, num_heads=8), lora_rank=64, lora_alpha=64,
+                              conditioning_config=dict(width=width, num_layers=8, num_heads=8), lora_rank=64, lora_alpha=64,
                               lr=1e-4, warmup_steps=0, gradient_checkpointing=args.checkpointing,
                               attention_backend=args.attention_backend, seed=0)
     probe = Probe()
@@ -164,7 +164,7 @@ def worker(args) -> None:
 
 def check_checkpoint(trainer, module, root: Path) -> dict:
     """Save a ZeRO-1 checkpoint, then read it back safely and compare the trainable tensors; export it."""
-    from track2view.checkpointing import export_checkpoint, load_training_checkpoint
+    from track2view.training.checkpoints import export_checkpoint, load_training_checkpoint
 
     path = root / "ckpt" / "last.ckpt"
     t0 = time.perf_counter()

@@ -10,7 +10,7 @@ Point n is then one scene point seen in both views: its uv/depth per view come f
 world points through that view's per-frame cameras (from the tracker). Validity is what inference can know
 (paper sec. 3.2: positive depth and inside the image): in the source view also the tracker's visibility, in
 the target view geometry only, because at inference the target video does not exist and
-track2view.reprojection marks a reprojected point valid wherever it lands in frame in front of the camera.
+track2view.inference.reprojection marks a reprojected point valid wherever it lands in frame in front of the camera.
 Training on occlusion-aware target validity would teach the model a mask it never gets at inference.
 
 Determinism and resume: the pair list is a function of (root content, pairs per scene, seed), pair i goes to
@@ -44,6 +44,7 @@ from track2view import cameras as cam
 from track2view.data import schema
 from track2view.errors import report_bad_input
 from track2view.io import VideoError, atomic_path, read_video, write_json
+from track2view.trackers.queries import query_points
 from track2view.tracks import PairedTracks
 
 MANIFEST = "manifest.json"
@@ -123,32 +124,6 @@ def plan_pairs(root: str | os.PathLike, pairs_per_scene: int, seed: int) -> list
         rng = np.random.default_rng([seed, _stable_seed(lens, scene)])
         out += [Pair(lens, scene, str(scene_dir), a, b) for a, b in choose_pairs(cams, pairs_per_scene, rng)]
     return out
-
-
-def query_points(num_tracks: int, query_frames: tuple[int, int], rng: np.random.Generator, height: int, width: int,
-                 sampling: str = "grid") -> np.ndarray:
-    """Queries [num_tracks, 3] rows (t, u, v): the first half at query_frames[0], the rest at query_frames[1].
-
-    "grid": a jittered grid with about square cells (aspect from height/width), a random subset of cells
-    if the grid has more; "random": uniform. u, v are normalized, strictly inside (0, 1).
-    """
-    halves = (num_tracks // 2 + num_tracks % 2, num_tracks // 2)
-    out = []
-    for frame, n in zip(query_frames, halves):
-        if n == 0:
-            continue
-        if sampling == "random":
-            uv = rng.uniform(0.0, 1.0, size=(n, 2))
-        elif sampling == "grid":
-            gx = max(1, int(np.ceil(np.sqrt(n * width / height))))
-            gy = int(np.ceil(n / gx))
-            cells = rng.permutation(gx * gy)[:n]
-            uv = np.stack([(cells % gx + rng.uniform(0, 1, n)) / gx, (cells // gx + rng.uniform(0, 1, n)) / gy], -1)
-        else:
-            raise ValueError(f"unknown query sampling {sampling!r}; use 'grid' or 'random'")
-        uv = np.clip(uv, 1e-4, 1 - 1e-4)
-        out.append(np.concatenate([np.full((n, 1), float(frame)), uv], 1))
-    return np.concatenate(out)
 
 
 # ---- one pair -----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Stage 2: curated shards -> latent shards (docs/architecture.md "Shards"), so training never runs the VAE or T5.
 
     python -m data_curation.precompute --shards IN_DIR --out OUT_DIR --model DIFFUSERS_WAN_DIR \
-        --height 480 --width 832 --num-frames 81 --batch-size 1 --device cuda --dtype bf16 [--keep-videos] \
+        --height 480 --width 832 --num-frames 81 --batch-size 1 --device cuda --dtype bfloat16 [--keep-videos] \
         [--rank R --world-size W]
 
 Per sample: both videos are cut to the first --num-frames frames, resized (aspect-preserving) and centre-
@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,13 +35,13 @@ import webdataset as wds
 from track2view.data import schema
 from track2view.data.latents import CenterCrop, encode_prompt, encode_video, resize_and_crop
 from track2view.data.loader import read_tar, resolve_shards
+from track2view.dtypes import DTYPES
 from track2view.errors import report_bad_input
 from track2view.io import VideoError, atomic_path, read_video, write_json
 from track2view.tracks import PairedTracks
 from track2view.video_size import video_size_problem
 
 log = logging.getLogger("precompute")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONFIG_KEYS = ("height", "width", "num_frames", "model", "max_text_len")
 
 
@@ -64,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-frames", type=int, default=81, help="first frames kept; must be 4k+1")
     p.add_argument("--batch-size", type=int, default=1, help="videos per VAE call (and prompts per T5 call)")
     p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES), help="text encoder (and VAE) dtype")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="text encoder (and VAE) dtype")
     p.add_argument("--vae-dtype", default=None, choices=sorted(DTYPES), help="VAE dtype (default: --dtype)")
     p.add_argument("--max-text-len", type=int, default=512)
     p.add_argument("--keep-videos", action="store_true", help="also copy source.mp4/target.mp4 into the output")
@@ -84,21 +83,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---- one sample -----------------------------------------------------------------------------------------
-def _read_clip(data: bytes, key: str, member: str, num_frames: int, tmp: Path) -> np.ndarray:
-    path = tmp / f"{key}.{member}"
-    path.write_bytes(data)
+def _read_clip(data: bytes, key: str, member: str, num_frames: int) -> np.ndarray:
     try:
-        frames, _ = read_video(path, max_frames=num_frames)
+        frames, _ = read_video(data, max_frames=num_frames)
     except VideoError as e:
         raise SkipSample("bad_video", f"{key}: {member}: {e}") from e
-    finally:
-        path.unlink()
     if len(frames) < num_frames:
         raise SkipSample("too_short", f"{key}: {member} has {len(frames)} frames, fewer than --num-frames {num_frames}")
     return frames
 
 
-def prepare_sample(s: dict, args, tmp: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+def prepare_sample(s: dict, args) -> tuple[np.ndarray, np.ndarray, dict]:
     """A decoded stage-1 sample -> (source frames, target frames [T, H0, W0, 3] uint8, output members without
     the latents). Raises SkipSample naming the problem."""
     key = s["__key__"]
@@ -106,7 +101,7 @@ def prepare_sample(s: dict, args, tmp: Path) -> tuple[np.ndarray, np.ndarray, di
     if missing:
         raise SkipSample("missing_member", f"{key}: missing members {missing}")
     t = args.num_frames
-    clips = [_read_clip(s[m], key, m, t, tmp) for m in (schema.SOURCE_VIDEO, schema.TARGET_VIDEO)]
+    clips = [_read_clip(s[m], key, m, t) for m in (schema.SOURCE_VIDEO, schema.TARGET_VIDEO)]
     crops = [CenterCrop(c.shape[1:3], (args.height, args.width)) for c in clips]
     try:
         tracks = PairedTracks.from_numpy(s[schema.TRACKS]).validate()
@@ -155,7 +150,7 @@ def _finite_fp16(name: str, key: str, x: torch.Tensor) -> np.ndarray:
     a = x.float().cpu().numpy().astype(np.float16)
     if not np.isfinite(a).all():
         raise SkipSample("non_finite", f"{key}: {name} is not finite in float16 (model or dtype problem; "
-                                       f"try --dtype fp32)")
+                                       f"try --dtype float32)")
     return a
 
 
@@ -191,7 +186,7 @@ def process_shard(url: str, out_path: Path, models: dict, args) -> dict:
     record = {"shard": out_path.name, "input": url, "samples": 0, "skipped": Counter(), "skipped_keys": [],
               "error": None}
     errors, pending = [], []
-    with tempfile.TemporaryDirectory() as tmp, atomic_path(out_path) as tmp_out:
+    with atomic_path(out_path) as tmp_out:
         with wds.TarWriter(str(tmp_out), encoder=False) as writer:
             def skip(key: str, e: Exception):
                 reason = getattr(e, "reason", "decode_error")
@@ -215,7 +210,7 @@ def process_shard(url: str, out_path: Path, models: dict, args) -> dict:
 
             for raw in read_shard(url, errors):
                 try:
-                    pending.append(prepare_sample(schema.decode_sample(raw), args, Path(tmp)))
+                    pending.append(prepare_sample(schema.decode_sample(raw), args))
                 except (SkipSample, ValueError) as e:
                     skip(raw["__key__"], e)
                 if len(pending) >= args.batch_size:

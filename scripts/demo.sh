@@ -14,7 +14,7 @@ FRAMES=${DEMO_FRAMES:-33}
 STEPS=${DEMO_STEPS:-300}
 
 echo "== 1/6 tiny random-init Wan-2.1 (diffusers layout) -> $OUT/tiny-wan"
-python -c "from track2view.tiny import save_tiny_wan; save_tiny_wan('$OUT/tiny-wan')"
+python -c "from track2view.testing.tiny import save_tiny_wan; save_tiny_wan('$OUT/tiny-wan')"
 
 echo "== 2/6 synthetic MultiCamVideo scenes -> $OUT/MultiCamVideo"
 python -m track2view.synthetic --out "$OUT/MultiCamVideo" --scenes 16 --cameras 4 --size "$SIZE" \
@@ -26,7 +26,7 @@ python -m data_curation.curate --root "$OUT/MultiCamVideo/train" --out "$OUT/sha
 
 echo "== 4/6 precompute latents (tiny VAE + UMT5) -> $OUT/shards/latents"
 python -m data_curation.precompute --shards "$OUT/shards/tracks" --out "$OUT/shards/latents" \
-  --model "$OUT/tiny-wan" --height "$SIZE" --width "$SIZE" --num-frames "$FRAMES" --device cpu --dtype fp32
+  --model "$OUT/tiny-wan" --height "$SIZE" --width "$SIZE" --num-frames "$FRAMES" --device cpu --dtype float32
 
 echo "== 5/6 train $STEPS steps on CPU -> $OUT/train"
 python train.py fit --config configs/demo.yaml --trainer.max_steps "$STEPS" \

@@ -13,6 +13,6 @@ torch.set_num_threads(int(os.environ.get("T2V_TEST_THREADS", "1")))
 @pytest.fixture(scope="session")
 def tiny_wan_dir(tmp_path_factory):
     """A complete tiny Wan-2.1 pipeline in diffusers layout (random init, real classes)."""
-    from track2view.tiny import save_tiny_wan
+    from track2view.testing.tiny import save_tiny_wan
 
     return save_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-wan")

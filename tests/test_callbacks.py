@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from track2view.callbacks import TrainingMonitor
+from track2view.training.callbacks import TrainingMonitor
 
 
 class Recorder:

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from track2view.conditioner import DualViewTrackConditioner
+from track2view.conditioning.tracks import DualViewTrackConditioner, subsample_tracks
 from track2view.tracks import PairedTracks
 
 D, B, F, N, H, W = 24, 2, 3, 12, 4, 6
@@ -162,3 +162,13 @@ def test_bfloat16_parameters_keep_coordinates_and_fourier_features_in_float32():
     # bf16 coordinates / features: 12% and 100% relative error; float32 ones: 0.5% and 5%
     assert (out.float() - ref).norm() / ref.norm() < 0.03
     assert ref_shift.norm() > 0 and (out_shift - ref_shift).norm() / ref_shift.norm() < 0.25
+
+
+def test_track_subsampling_keeps_half_to_all_and_shapes():
+    n = 200
+    tr = PairedTracks(torch.rand(64, 2, 3, n, 2), torch.ones(64, 2, 3, n), torch.ones(64, 2, 3, n, dtype=torch.bool))
+    sub = subsample_tracks(tr, 0.5, 1.0, generator=torch.Generator().manual_seed(6))
+    assert sub.valid.shape == tr.valid.shape
+    kept = sub.valid[:, 0, 0].sum(1)
+    assert kept.min() >= n // 2 and kept.max() <= n and kept.float().std() > 0
+    assert torch.equal(sub.valid, sub.valid[:, :1, :1].expand_as(sub.valid))  # whole tracks kept or dropped

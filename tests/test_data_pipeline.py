@@ -21,7 +21,7 @@ def test_scenes_to_training_batch(tmp_path, tiny_wan_dir):
     assert manifest["rejected"] == [], manifest["rejected"]
     precompute.main(["--shards", str(tmp_path / "tracks"), "--out", str(tmp_path / "latents"),
                      "--model", str(tiny_wan_dir), "--height", str(H), "--width", str(W),
-                     "--num-frames", str(T), "--device", "cpu", "--dtype", "fp32"])
+                     "--num-frames", str(T), "--device", "cpu", "--dtype", "float32"])
 
     for shard in resolve_shards(str(tmp_path / "latents")):
         for sample in read_tar(shard):

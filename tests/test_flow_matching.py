@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from track2view.flow_matching import (FlowMatchingConfig, drop_source_frames, flow_matching_loss, noise_target,
-                                      prepare_training_inputs, sample_sigmas, shift_sigmas, subsample_tracks,
-                                      timesteps, token_timesteps)
-from track2view.tracks import PairedTracks
+from track2view.model.flow_matching import (FlowMatchingConfig, drop_source_frames, flow_matching_loss,
+                                            noise_target, prepare_training_inputs, sample_sigmas, shift_sigmas,
+                                            timesteps, token_timesteps)
 
 B, C, F, H, W = 3, 16, 4, 4, 6
 
@@ -62,7 +61,7 @@ def test_token_timesteps_are_the_training_timesteps_for_given_t():
 
 
 def test_per_token_timesteps_are_accepted_by_wan():
-    from track2view.tiny import tiny_transformer
+    from track2view.testing.tiny import tiny_transformer
 
     model = tiny_transformer()
     x = torch.randn(1, 16, 4, 8, 8)
@@ -100,26 +99,15 @@ def test_source_frame_dropout_zeroes_up_to_half_the_frames():
     assert torch.equal(kept, kept2)
 
 
-def test_track_subsampling_keeps_half_to_all_and_shapes():
-    n = 200
-    tr = PairedTracks(torch.rand(64, 2, 3, n, 2), torch.ones(64, 2, 3, n), torch.ones(64, 2, 3, n, dtype=torch.bool))
-    sub = subsample_tracks(tr, 0.5, 1.0, generator=gen(6))
-    assert sub.valid.shape == tr.valid.shape
-    kept = sub.valid[:, 0, 0].sum(1)
-    assert kept.min() >= n // 2 and kept.max() <= n and kept.float().std() > 0
-    assert torch.equal(sub.valid, sub.valid[:, :1, :1].expand_as(sub.valid))  # whole tracks kept or dropped
-
-
 def test_prepare_training_inputs_augments_only_when_asked():
     src, tgt = latents(0), latents(1)
-    tr = PairedTracks(torch.rand(B, 2, F, 8, 2), torch.ones(B, 2, F, 8), torch.ones(B, 2, F, 8, dtype=torch.bool))
     cfg = FlowMatchingConfig()
-    val = prepare_training_inputs(src, tgt, tr, cfg, generator=gen(7), augment=False)
-    assert val.source_frame_mask is None and val.tracks is tr
+    val = prepare_training_inputs(src, tgt, cfg, generator=gen(7), augment=False)
+    assert val.source_frame_mask is None
     torch.testing.assert_close(val.hidden_states[:, :, :F], src)
-    train = prepare_training_inputs(src, tgt, tr, cfg, generator=gen(7))
+    train = prepare_training_inputs(src, tgt, cfg, generator=gen(7))
     assert train.source_frame_mask.shape == (B, F) and train.timestep.shape == (B,)
-    again = prepare_training_inputs(src, tgt, tr, cfg, generator=gen(7))
+    again = prepare_training_inputs(src, tgt, cfg, generator=gen(7))
     torch.testing.assert_close(train.hidden_states, again.hidden_states)
 
 

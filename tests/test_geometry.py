@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from track2view.geometry import bilinear_sample, bilinear_scatter
+from track2view.conditioning.geometry import bilinear_sample, bilinear_scatter
 
 MODES = ["border", "zeros"]
 

@@ -13,7 +13,7 @@ import torch
 
 from track2view.io import read_video, write_video
 from track2view.tracks import PairedTracks
-from track2view.visualize import draw_points, resize_nearest, side_by_side, track_colors, track_overlay
+from track2view.inference.visualize import draw_points, resize_nearest, side_by_side, track_colors, track_overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 T, H, W = 9, 32, 48
@@ -38,7 +38,7 @@ def scene(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tracks_file(scene, tmp_path_factory):
     """The oracle's TrackingResult of cam01, as `--tracks` reads it."""
-    from track2view.reprojection import track_video
+    from track2view.inference.reprojection import track_video
 
     src = scene / "videos" / "cam01.mp4"
     frames, _ = read_video(src)
@@ -48,11 +48,13 @@ def tracks_file(scene, tmp_path_factory):
 
 def test_cli_defaults_match_the_library():
     import infer
-    from track2view import pipeline, reprojection
+    from track2view.inference import pipeline
+    from track2view.trackers import queries
 
-    assert (infer.DEFAULT_HEIGHT, infer.DEFAULT_WIDTH, infer.DEFAULT_NUM_FRAMES) == (
+    args = infer.build_parser().parse_args([])
+    assert (args.height, args.width, args.num_frames) == (
         pipeline.DEFAULT_HEIGHT, pipeline.DEFAULT_WIDTH, pipeline.DEFAULT_NUM_FRAMES)
-    assert infer.DEFAULT_NUM_QUERIES == reprojection.DEFAULT_NUM_QUERIES
+    assert args.num_queries == queries.DEFAULT_NUM_QUERIES
 
 
 def test_several_trajectories_share_one_run_with_side_by_side_and_overlay(scene, tiny_wan_dir, tmp_path):
@@ -74,10 +76,10 @@ def test_several_trajectories_share_one_run_with_side_by_side_and_overlay(scene,
 
 def test_custom_poses_with_precomputed_tracks_a_checkpoint_and_a_crop(scene, tracks_file, tiny_wan_dir, tmp_path):
     from track2view.synthetic import load_ground_truth
-    from track2view.trajectories import save_poses
-    from track2view.transformer import Track2ViewTransformer
+    from track2view.inference.trajectories import save_poses
+    from track2view.model.transformer import Track2ViewTransformer
 
-    export = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioner_config={"width": 32, "num_heads": 2},
+    export = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioning_config={"width": 32, "num_heads": 2},
                                                    lora={"rank": 4, "alpha": 4.0}).save_trained(tmp_path / "export")
     _, _, c2w, _ = load_ground_truth(scene)
     poses = save_poses(tmp_path / "cam02.json", np.linalg.inv(c2w[0, 0]) @ c2w[1])
@@ -95,7 +97,7 @@ def test_custom_poses_with_precomputed_tracks_a_checkpoint_and_a_crop(scene, tra
 
 
 def test_output_names_for_several_trajectories():
-    from infer import extra_path, output_paths
+    from track2view.inference.rerender import extra_path, output_paths
 
     out = Path("/x/render.mp4")
     assert output_paths(out, ["arc_left"]) == [out]
@@ -163,9 +165,9 @@ def _bad_inputs(tmp: Path, scene: Path, tiny_wan_dir: Path, tracks_file: Path):
                                     "tracks were computed on 32x48 frames but the video is 32x32"),
         "unknown tracker": (["--video", good, *traj, "--tracker", "cotracker"], "unknown tracker 'cotracker'"),
         "tracker not set up": (["--video", good, *traj, "--tracker", "spatialtracker_v2"], "needs repo_dir"),
-        "bad tracker option": (["--video", good, *traj, *oracle, "--tracker-arg", "colour=red"], "colour"),
-        "malformed tracker option": (["--video", good, *traj, *oracle, "--tracker-arg", "colour"],
-                                     "--tracker-arg takes KEY=VALUE"),
+        "bad tracker option": (["--video", good, *traj, *oracle, "--tracker-option", "colour=red"], "colour"),
+        "malformed tracker option": (["--video", good, *traj, *oracle, "--tracker-option", "colour"],
+                                     "--tracker-option takes KEY=VALUE"),
         "missing checkpoint": (["--video", good, *traj, "--checkpoint", tmp / "nope"], "is not a directory"),
         "not a checkpoint": (["--video", good, *traj, *oracle, "--checkpoint", tmp], "is not a Track2View export"),
         "amount count": (["--video", good, *traj, "--trajectory", "dolly_in", "--amount", 1, "--amount", 2,
@@ -199,18 +201,18 @@ def test_bad_input_exits_2_with_one_error_line_and_no_file(case, scene, tiny_wan
 
 
 def test_checkpoint_for_another_base_model_is_refused(scene, tiny_wan_dir, tmp_path):
-    from track2view.tiny import TINY_TRANSFORMER
-    from track2view.transformer import Track2ViewTransformer
+    from track2view.testing.tiny import TINY_TRANSFORMER
+    from track2view.model.transformer import Track2ViewTransformer
 
     other = Track2ViewTransformer.from_config({**TINY_TRANSFORMER, "num_layers": 3},
-                                              conditioner_config={"width": 32, "num_heads": 2})
+                                              conditioning_config={"width": 32, "num_heads": 2})
     export = other.save_trained(tmp_path / "export")
     out = tmp_path / "out" / "out.mp4"
     r = infer("--video", scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--checkpoint", export,
               "--tracker", "oracle", "--trajectory", "arc_left", "--out", out, *TINY)
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: checkpoint") and "num_layers" in last, r.stderr
+    assert last.startswith("error: the export was trained for another base model") and "num_layers" in last, r.stderr
     assert not out.parent.exists() or not any(out.parent.iterdir())
 
 

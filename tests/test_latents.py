@@ -87,7 +87,7 @@ def _precompute(tmp_path, tiny_wan_dir, *extra, status=0):
 
     rc = main(["--shards", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--model", str(tiny_wan_dir),
                "--height", str(H), "--width", str(W), "--num-frames", str(T), "--batch-size", "2", "--device", "cpu",
-               "--dtype", "fp32", *extra])
+               "--dtype", "float32", *extra])
     assert rc == status
     return json.loads((tmp_path / "out" / "manifest.json").read_text()) if rc == 0 else None
 

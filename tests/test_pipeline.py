@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from track2view.pipeline import Track2ViewPipeline
+from track2view.inference.pipeline import Track2ViewPipeline
 from track2view.tracks import PairedTracks
 
 T, H, W, N = 9, 32, 48, 24  # 9 frames -> 3 latent frames; 32x48 -> 4x6 latents -> 2x3 tokens per frame
@@ -26,25 +26,25 @@ def random_tracks(t=T, n=N, seed=0):
 
 @pytest.mark.parametrize("frames, height, width", [(T, H, W), (13, 48, 32)])
 def test_output_has_the_clip_length_and_model_size(pipe, frames, height, width):
-    out = pipe(random_video(frames), random_tracks(frames), prompt="a red ball", num_inference_steps=2,
+    out = pipe(random_video(frames), {"tracks": random_tracks(frames)}, prompt="a red ball", num_inference_steps=2,
                height=height, width=width, generator=torch.Generator().manual_seed(0), fps=12.0)
     assert out.frames.shape == (frames, height, width, 3) and out.frames.dtype == np.float32
     assert 0 <= out.frames.min() and out.frames.max() <= 1 and out.fps == 12.0
-    pt = pipe(random_video(), random_tracks(), num_inference_steps=1, height=H, width=W, output_type="pt").frames
+    pt = pipe(random_video(), {"tracks": random_tracks()}, num_inference_steps=1, height=H, width=W, output_type="pt").frames
     assert pt.shape == (T, 3, H, W)
 
 
 def test_source_encoded_once_and_reused_gives_the_same_video(pipe):
     video, tracks = random_video(seed=1), random_tracks(seed=1)
-    direct = pipe(video, tracks, prompt="a blue box", num_inference_steps=2, height=H, width=W,
+    direct = pipe(video, {"tracks": tracks}, prompt="a blue box", num_inference_steps=2, height=H, width=W,
                   generator=torch.Generator().manual_seed(3)).frames
     cache = pipe.prepare_source(video, "a blue box", None, H, W)
     assert cache.latents.shape == (1, 16, 3, H // 8, W // 8) and cache.frames.shape == (T, H, W, 3)
-    reused = pipe(source=cache, tracks=tracks, num_inference_steps=2,
+    reused = pipe(source=cache, inputs={"tracks": tracks}, num_inference_steps=2,
                   generator=torch.Generator().manual_seed(3)).frames
     np.testing.assert_allclose(reused, direct, atol=1e-5)
     # tracks given at the latent stride are the same input as full-rate tracks
-    strided = pipe(source=cache, tracks=tracks.at_latent_stride(4), num_inference_steps=2,
+    strided = pipe(source=cache, inputs={"tracks": tracks.at_latent_stride(4)}, num_inference_steps=2,
                    generator=torch.Generator().manual_seed(3)).frames
     np.testing.assert_allclose(strided, direct, atol=1e-5)
 
@@ -59,7 +59,7 @@ def test_denoising_keeps_the_source_clean_and_batches_cfg(pipe):
 
     handle = pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        target = pipe.denoise(cache.latents, cache.prompt_embeds, random_tracks().at_latent_stride(4),
+        target = pipe.denoise(cache.latents, cache.prompt_embeds, {"tracks": random_tracks().at_latent_stride(4)},
                               cache.negative_prompt_embeds, num_inference_steps=3, guidance_scale=5.0,
                               generator=torch.Generator().manual_seed(0))
     finally:
@@ -73,7 +73,7 @@ def test_denoising_keeps_the_source_clean_and_batches_cfg(pipe):
             torch.testing.assert_close(hidden[b, :, :f], cache.latents[0])  # the source half is always clean
         torch.testing.assert_close(hidden[0], hidden[1])  # the two CFG branches differ only in the prompt
         assert timestep.shape == (2,) and timestep[0] == timestep[1]
-        assert tracks.depth.shape == (2, 2, f, N)
+        assert tracks.depth.shape == (1, 2, f, N)  # one video's tracks, shared by the CFG branches
         timesteps.append(float(timestep[0]))
     assert timesteps == sorted(timesteps, reverse=True) and timesteps[0] > timesteps[-1]
     # the target half moves between steps (the scheduler steps it), the source half never does
@@ -87,7 +87,7 @@ def test_guidance_one_runs_a_single_branch(pipe):
     handle = pipe.transformer.register_forward_pre_hook(
         lambda m, a, k: batches.append(k["hidden_states"].shape[0]), with_kwargs=True)
     try:
-        pipe(source=cache, tracks=random_tracks(), num_inference_steps=2, guidance_scale=1.0)
+        pipe(source=cache, inputs={"tracks": random_tracks()}, num_inference_steps=2, guidance_scale=1.0)
     finally:
         handle.remove()
     assert batches == [1, 1]
@@ -96,36 +96,36 @@ def test_guidance_one_runs_a_single_branch(pipe):
 def test_bad_inputs(pipe):
     video = random_video()
     with pytest.raises(ValueError, match="tracks have 5 frames; expected 9"):
-        pipe(video, random_tracks(t=5), num_inference_steps=1, height=H, width=W)
+        pipe(video, {"tracks": random_tracks(t=5)}, num_inference_steps=1, height=H, width=W)
     with pytest.raises(ValueError, match="4k\\+1"):
-        pipe(random_video(t=8), random_tracks(t=8), num_inference_steps=1, height=H, width=W)
+        pipe(random_video(t=8), {"tracks": random_tracks(t=8)}, num_inference_steps=1, height=H, width=W)
     with pytest.raises(ValueError, match="multiple of 16"):
-        pipe(video, random_tracks(), num_inference_steps=1, height=40, width=W)
+        pipe(video, {"tracks": random_tracks()}, num_inference_steps=1, height=40, width=W)
     with pytest.raises(ValueError, match="has 9 frames, 13 are needed"):
-        pipe(video, random_tracks(t=13), num_inference_steps=1, height=H, width=W, num_frames=13)
+        pipe(video, {"tracks": random_tracks(t=13)}, num_inference_steps=1, height=H, width=W, num_frames=13)
 
 
 def test_trained_checkpoint_loads_and_a_mismatched_one_is_refused(tiny_wan_dir, tmp_path):
-    from track2view.tiny import TINY_TRANSFORMER
-    from track2view.transformer import Track2ViewTransformer
+    from track2view.testing.tiny import TINY_TRANSFORMER
+    from track2view.model.transformer import Track2ViewTransformer
 
-    model = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioner_config={"width": 32, "num_heads": 2},
+    model = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioning_config={"width": 32, "num_heads": 2},
                                                   lora={"rank": 4, "alpha": 4.0})
     with torch.no_grad():
-        for p in model.conditioner.parameters():
+        for p in model.conditioning.parameters():
             p.add_(0.05 * torch.randn_like(p))
         for name, p in model.transformer.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     export = model.save_trained(tmp_path / "export")
     pipe = Track2ViewPipeline.from_checkpoint(tiny_wan_dir, export, torch_dtype=torch.float32)
-    for name, p in model.conditioner.state_dict().items():
-        torch.testing.assert_close(pipe.transformer.conditioner.state_dict()[name], p)
+    for name, p in model.conditioning.state_dict().items():
+        torch.testing.assert_close(pipe.transformer.conditioning.state_dict()[name], p)
     assert pipe.transformer.lora.rank == 4
-    # with a trained (non-zero) conditioner the tracks steer the result; full-rate tracks = strided tracks
+    # with a trained (non-zero) conditioning the tracks steer the result; full-rate tracks = strided tracks
     pipe.set_progress_bar_config(disable=True)
     cache = pipe.prepare_source(random_video(seed=4), "a house", "", H, W)
-    run = lambda tr: pipe(source=cache, tracks=tr, num_inference_steps=2, output_type="latent",  # noqa: E731
+    run = lambda tr: pipe(source=cache, inputs={"tracks": tr}, num_inference_steps=2, output_type="latent",  # noqa: E731
                           generator=torch.Generator().manual_seed(0)).frames
     a, b = random_tracks(seed=5), random_tracks(seed=6)
     out_a = run(a)
@@ -133,25 +133,25 @@ def test_trained_checkpoint_loads_and_a_mismatched_one_is_refused(tiny_wan_dir, 
     assert (run(b) - out_a).abs().max() > 1e-2
     # the track tokens computed once per video (cached) equal those computed at every step and branch
     calls = []
-    handle = pipe.transformer.conditioner.register_forward_hook(lambda *a: calls.append(1))
+    handle = pipe.transformer.conditioning.register_forward_hook(lambda *a: calls.append(1))
     try:
         kwargs = dict(num_inference_steps=3, guidance_scale=5.0)
-        cached = pipe.denoise(cache.latents, cache.prompt_embeds, a.at_latent_stride(4), cache.negative_prompt_embeds,
+        cached = pipe.denoise(cache.latents, cache.prompt_embeds, {"tracks": a.at_latent_stride(4)}, cache.negative_prompt_embeds,
                               generator=torch.Generator().manual_seed(0), **kwargs)
         assert len(calls) == 1
-        plain = pipe.denoise(cache.latents, cache.prompt_embeds, a.at_latent_stride(4), cache.negative_prompt_embeds,
-                             generator=torch.Generator().manual_seed(0), cache_track_tokens=False, **kwargs)
+        plain = pipe.denoise(cache.latents, cache.prompt_embeds, {"tracks": a.at_latent_stride(4)}, cache.negative_prompt_embeds,
+                             generator=torch.Generator().manual_seed(0), reuse_conditioning=False, **kwargs)
         assert len(calls) == 1 + 3
     finally:
         handle.remove()
     torch.testing.assert_close(cached, plain)
-    assert isinstance(pipe.transformer.conditioner, type(model.conditioner))  # restored after the run
+    assert pipe.transformer.hook.tokens is None and not pipe.transformer.hook.reuse_tokens  # reset after the run
     # fusing the LoRA into the base weights changes the speed, not the result
     pipe.fuse_lora()
     torch.testing.assert_close(run(a), out_a, atol=1e-4, rtol=1e-4)
 
     other = Track2ViewTransformer.from_config({**TINY_TRANSFORMER, "num_layers": 3},
-                                              conditioner_config={"width": 32, "num_heads": 2})
+                                              conditioning_config={"width": 32, "num_heads": 2})
     mismatched = other.save_trained(tmp_path / "other")
     with pytest.raises(ValueError, match="num_layers"):
         Track2ViewPipeline.from_checkpoint(tiny_wan_dir, mismatched, torch_dtype=torch.float32)
@@ -160,14 +160,14 @@ def test_trained_checkpoint_loads_and_a_mismatched_one_is_refused(tiny_wan_dir, 
 def test_per_token_export_gets_per_token_timesteps_with_a_clean_source_half(tiny_wan_dir, tmp_path):
     """An export trained with timestep_mode per_token is run with the training timesteps: [B, S], t = 0 on the
     source tokens, the scheduler's t on the target tokens; exports without the setting run per sample."""
-    from track2view.pipeline import trained_timestep_mode
-    from track2view.transformer import Track2ViewTransformer
+    from track2view.model.export import ExportInfo
+    from track2view.model.transformer import Track2ViewTransformer
 
-    model = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioner_config={"width": 32, "num_heads": 2},
+    model = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioning_config={"width": 32, "num_heads": 2},
                                                   lora={"rank": 4, "alpha": 4.0})
-    assert trained_timestep_mode(model.save_trained(tmp_path / "plain")) == "per_sample"
+    assert ExportInfo.read(model.save_trained(tmp_path / "plain")).timestep_mode == "per_sample"
     export = model.save_trained(tmp_path / "per_token",
-                                extra={"training": {"flow_matching": {"timestep_mode": "per_token", "shift": 5.0}}})
+                                training={"flow_matching": {"timestep_mode": "per_token", "shift": 5.0}})
     pipe = Track2ViewPipeline.from_checkpoint(tiny_wan_dir, export, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.config.timestep_mode == "per_token"
@@ -176,7 +176,7 @@ def test_per_token_export_gets_per_token_timesteps_with_a_clean_source_half(tiny
     handle = pipe.transformer.register_forward_pre_hook(
         lambda m, a, k: calls.append(k["timestep"].clone()), with_kwargs=True)
     try:
-        pipe.denoise(cache.latents, cache.prompt_embeds, random_tracks().at_latent_stride(4),
+        pipe.denoise(cache.latents, cache.prompt_embeds, {"tracks": random_tracks().at_latent_stride(4)},
                      cache.negative_prompt_embeds, num_inference_steps=2, guidance_scale=5.0,
                      generator=torch.Generator().manual_seed(0))
     finally:

@@ -6,9 +6,10 @@ import torch
 
 from track2view.cameras import project
 from track2view.data.latents import CenterCrop
-from track2view.reprojection import (NoValidTracksError, median_depth, prepare_tracks, query_points, reproject)
+from track2view.inference.reprojection import NoValidTracksError, median_depth, prepare_tracks, reproject
+from track2view.trackers.queries import video_queries
 from track2view.tracks import SOURCE, TARGET
-from track2view.trajectories import make_trajectory, rotation
+from track2view.inference.trajectories import make_trajectory, rotation
 
 T, N = 9, 40
 
@@ -27,20 +28,6 @@ def toy_tracking(t=T, n=N, size=(64, 64), seed=0, metric=True):
     return SimpleNamespace(c2w=c2w.astype(np.float32), intrinsics=np.broadcast_to(k, (t, 3, 3)).astype(np.float32),
                            points_world=pts.astype(np.float32), visible=visible, metric=np.array(metric),
                            image_size=np.array(size, dtype=np.int64))
-
-
-def test_queries_half_first_half_last_frame_spread_over_the_image():
-    q = query_points(81, 1152, 480, 832)
-    assert q.shape == (1152, 3) and q.dtype == np.float32
-    assert (q[:576, 0] == 0).all() and (q[576:, 0] == 80).all()
-    assert (q[:, 1:] > 0).all() and (q[:, 1:] < 1).all()
-    for half in (q[:576], q[576:]):
-        assert len(np.unique(half[:, 1:], axis=0)) == 576
-        assert half[:, 1].min() < 0.05 and half[:, 1].max() > 0.95 and half[:, 2].min() < 0.05
-    odd = query_points(9, 7)
-    assert (odd[:, 0] == 0).sum() == 4 and (odd[:, 0] == 8).sum() == 3
-    with pytest.raises(ValueError, match="at least 2"):
-        query_points(9, 1)
 
 
 def test_identity_trajectory_reproduces_the_source_tracks():
@@ -141,10 +128,10 @@ def test_reprojected_tracks_match_the_ground_truth_target_tracks(scene, tmp_path
     """Track cam01 with the oracle, re-render towards cam03 given as a custom pose file (relative to the source
     camera at frame 0): the reprojected target tracks equal the oracle's tracks of cam03 within 0.5 px."""
     from track2view.io import read_video
-    from track2view.reprojection import track_video
+    from track2view.inference.reprojection import track_video
     from track2view.synthetic import load_ground_truth
     from track2view.trackers import get_tracker
-    from track2view.trajectories import load_poses, save_poses
+    from track2view.inference.trajectories import load_poses, save_poses
 
     _, names, c2w, _ = load_ground_truth(scene)
     src, tgt = scene / "videos" / "cam01.mp4", scene / "videos" / "cam03.mp4"
@@ -159,7 +146,7 @@ def test_reprojected_tracks_match_the_ground_truth_target_tracks(scene, tmp_path
     np.testing.assert_allclose(prepared.target_c2w, c2w[2], atol=1e-4)
 
     # ground truth: the same queries tracked by the oracle through cam01 then cam03 (one sequence)
-    queries = query_points(t, 96, h, w)
+    queries = video_queries(t, 96, h, w)
     both = np.concatenate([frames, read_video(tgt)[0]])
     sources = [(str(src), i) for i in range(t)] + [(str(tgt), i) for i in range(t)]
     truth = get_tracker("oracle").track(both, queries, sources)

@@ -86,7 +86,7 @@ def test_configs_parse(config, capsys):
         train.main(["fit", "--config", str(ROOT / "configs" / config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert "track2view.callbacks.NonFiniteLossGuard" in printed and "model_path" in printed
+    assert "track2view.training.callbacks.NonFiniteLossGuard" in printed and "model_path" in printed
 
 
 def test_ddp_two_processes_fit_with_validation_video(tmp_path, tiny_wan_dir):

@@ -128,7 +128,7 @@ def test_fit_logs_validates_and_saves_only_trainable(tmp_path, tiny_wan_dir, sha
     ckpt = load_ckpt(ckpts / "last.ckpt")
     assert ckpt["global_step"] == STEPS
     keys = set(ckpt["state_dict"])
-    assert keys and all(".lora_" in k or ".conditioner." in k for k in keys), sorted(keys)[:5]
+    assert keys and all(".lora_" in k or ".conditioning." in k for k in keys), sorted(keys)[:5]
     assert not any("blocks.0.attn1.to_q.base_layer" in k or "patch_embedding" in k for k in keys)
     assert ckpt["optimizer_states"][0]["state"], "optimizer state missing"
     assert ckpt["lr_schedulers"][0]["last_epoch"] == STEPS
@@ -152,7 +152,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_wan_dir, shards):
     assert set(a["state_dict"]) == set(b["state_dict"])
     for k, v in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=1e-6, msg=k)
-    # The run trained (LoRA B and the conditioner's zero-initialised output moved away from 0).
+    # The run trained (LoRA B and the conditioning's zero-initialised output moved away from 0).
     assert any(v.abs().max() > 0 for k, v in a["state_dict"].items() if "out_proj" in k)
     # The resumed part logged steps 3 and 4 only: no repeated or skipped steps.
     steps = [int(r["step"]) for r in metrics(tmp_path / "resumed") if r.get("train/loss")]
@@ -160,16 +160,20 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, tiny_wan_dir, shards):
 
 
 def test_export_loads_into_inference_with_identical_outputs(tmp_path, tiny_wan_dir, shards):
-    from track2view.training import Track2ViewModule
-    from track2view.transformer import Track2ViewTransformer
+    from track2view.training.module import Track2ViewModule
+    from track2view.model.transformer import Track2ViewTransformer
     from track2view.tracks import PairedTracks
 
     root = tmp_path / "run"
     assert fit(make_config(tmp_path / "c.yaml"), root, tiny_wan_dir, shards) == 0
     ckpt, out = root / "checkpoints" / "last.ckpt", tmp_path / "export"
     assert train.main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
-    for name in ("pytorch_lora_weights.safetensors", "conditioner/config.json",
-                 "conditioner/diffusion_pytorch_model.safetensors", "track2view.json"):
+    assert train.main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0  # an earlier export: replaced
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert train.main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path)]) == 2  # a user folder: refused
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    for name in ("pytorch_lora_weights.safetensors", "conditioning/config.json",
+                 "conditioning/diffusion_pytorch_model.safetensors", "track2view.json"):
         assert (out / name).is_file(), name
 
     # Reference: the training module with the checkpoint's trainable tensors.
@@ -187,12 +191,12 @@ def test_export_loads_into_inference_with_identical_outputs(tmp_path, tiny_wan_d
                                            torch.rand(b, 2, f, n, generator=g) + 1.0)
     t = torch.tensor([500.0])
     with torch.no_grad():
-        expected = module.model.eval()(hidden, t, text, tracks)
-        got = inference.eval()(hidden, t, text, tracks)
+        expected = module.model.eval()(hidden, t, text, tracks=tracks)
+        got = inference.eval()(hidden, t, text, tracks=tracks)
         base = Track2ViewTransformer.from_pretrained(tiny_wan_dir, torch_dtype=torch.float32).eval()(hidden, t, text,
-                                                                                                      tracks)
+                                                                                                      tracks=tracks)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
-    assert (got - base).abs().max() > 1e-6, "the export changed nothing: LoRA/conditioner not applied"
+    assert (got - base).abs().max() > 1e-6, "the export changed nothing: LoRA/conditioning not applied"
 
 
 def test_nonfinite_loss_skips_the_step_and_repeated_ones_stop(tmp_path, tiny_wan_dir, shards, capsys):

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from track2view.trajectories import (PRESETS, TrajectoryError, load_poses, make_trajectory, preset_motion,
+from track2view.inference.trajectories import (PRESETS, TrajectoryError, load_poses, make_trajectory, preset_motion,
                                      rotation, rotation_angle, save_poses, scene_scale)
 
 T = 17

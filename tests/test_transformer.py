@@ -5,10 +5,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from track2view.flow_matching import flow_matching_loss, noise_target
-from track2view.tiny import tiny_transformer
+from track2view.model.flow_matching import flow_matching_loss, noise_target
+from track2view.testing.tiny import tiny_transformer
 from track2view.tracks import PairedTracks
-from track2view.transformer import _ATTENTION_OPS, SpeedSettings, Track2ViewTransformer
+from track2view.model.speed import _ATTENTION_OPS, SpeedSettings
+from track2view.model.transformer import Track2ViewTransformer
 
 COND = dict(width=16, num_layers=1, num_heads=2, uv_fourier_bands=2, disparity_fourier_bands=2)
 B, F, H, W, N = 2, 2, 8, 8, 6
@@ -25,12 +26,12 @@ def inputs(seed=0, batch=B):
 
 
 def model(seed=0, lora=None, **base_overrides) -> Track2ViewTransformer:
-    return Track2ViewTransformer(tiny_transformer(seed, **base_overrides), conditioner_config=COND,
+    return Track2ViewTransformer(tiny_transformer(seed, **base_overrides), conditioning_config=COND,
                                  lora=lora or dict(rank=4, alpha=8))
 
 
 def randomize_trainables(m: Track2ViewTransformer, seed=1):
-    """Stand-in for training: every LoRA and conditioner weight nonzero."""
+    """Stand-in for training: every LoRA and conditioning weight nonzero."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in m.trainable_parameters():
@@ -40,7 +41,7 @@ def randomize_trainables(m: Track2ViewTransformer, seed=1):
 def test_untrained_model_equals_the_bare_wan_transformer_exactly():
     m, bare = model(), tiny_transformer(0)
     x, t, text, tracks = inputs()
-    out = m(x, t, text, tracks)
+    out = m(x, t, text, tracks=tracks)
     assert out.shape == x.shape
     assert torch.equal(out, bare(x, t, text, return_dict=False)[0])
 
@@ -49,7 +50,7 @@ def test_untrained_model_with_the_lean_ffn_equals_the_bare_wan_transformer_exact
     m, bare = model(), tiny_transformer(0)
     m.configure_speed(SpeedSettings("selective", ffn_chunk_tokens=7))
     x, t, text, tracks = inputs()
-    out = m(x, t, text, tracks)  # grad enabled: the lean op runs
+    out = m(x, t, text, tracks=tracks)  # grad enabled: the lean op runs
     assert out.requires_grad
     assert torch.equal(out, bare(x, t, text, return_dict=False)[0])
 
@@ -77,17 +78,17 @@ def test_lean_ffn_matches_peft_in_bfloat16_autocast():
         torch.testing.assert_close(a, b, rtol=0.05, atol=0.05 * b.abs().max().item())
 
 
-def test_gradients_reach_only_lora_and_conditioner():
+def test_gradients_reach_only_lora_and_conditioning():
     m = model()
-    torch.nn.init.normal_(m.conditioner.out_proj.weight, std=0.1)  # otherwise the conditioner's grads vanish
+    torch.nn.init.normal_(m.conditioning.out_proj.weight, std=0.1)  # otherwise the conditioner's grads vanish
     x, t, text, tracks = inputs()
-    m(x, t, text, tracks).square().mean().backward()
+    m(x, t, text, tracks=tracks).square().mean().backward()
     lora = {n: p for n, p in m.transformer.named_parameters() if "lora_" in n}
     assert lora and all(p.requires_grad for p in lora.values())
     assert all(p.grad is not None for p in lora.values())
     # lora_A gets zero grad while lora_B is zero (peft init); lora_B must get a gradient
     assert all(p.grad.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)
-    cond = dict(m.conditioner.named_parameters())
+    cond = dict(m.conditioning.named_parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cond.values())
     base = [(n, p) for n, p in m.transformer.named_parameters() if "lora_" not in n]
     assert base and all(not p.requires_grad and p.grad is None for _, p in base)
@@ -100,15 +101,15 @@ def test_tracks_change_the_output_once_trained_and_bad_tracks_are_rejected():
     randomize_trainables(m)
     x, t, text, tracks = inputs()
     other = inputs(seed=5)[3]
-    assert not torch.allclose(m(x, t, text, tracks), m(x, t, text, other))
+    assert not torch.allclose(m(x, t, text, tracks=tracks), m(x, t, text, tracks=other))
     with pytest.raises(ValueError, match="tracks"):
-        m(x, t, text, tracks.frames([0]))
+        m(x, t, text, tracks=tracks.frames([0]))
     with pytest.raises(ValueError, match="batched PairedTracks"):
-        m(x, t, text, PairedTracks(tracks.uv[0], tracks.depth[0], tracks.valid[0]))
+        m(x, t, text, tracks=PairedTracks(tracks.uv[0], tracks.depth[0], tracks.valid[0]))
     # one set of tracks broadcasts over the batch (e.g. classifier-free guidance)
     one = PairedTracks(tracks.uv[:1], tracks.depth[:1], tracks.valid[:1])
     both = PairedTracks(*(a[:1].expand(B, *a.shape[1:]) for a in (tracks.uv, tracks.depth, tracks.valid)))
-    torch.testing.assert_close(m(x, t, text, one), m(x, t, text, both))
+    torch.testing.assert_close(m(x, t, text, tracks=one), m(x, t, text, tracks=both))
 
 
 class CountAttention(TorchDispatchMode):
@@ -142,12 +143,12 @@ def test_checkpointing_modes_give_the_same_gradients(settings, self_calls, cross
     x, t, text, tracks = inputs()
     reference = model()
     randomize_trainables(reference)
-    reference(x, t, text, tracks).square().mean().backward()
+    reference(x, t, text, tracks=tracks).square().mean().backward()
     m = model()
     randomize_trainables(m)
     m.configure_speed(settings)
     with CountAttention(video_tokens=2 * F * (H // 2) * (W // 2)) as counts:
-        m(x, t, text, tracks).square().mean().backward()
+        m(x, t, text, tracks=tracks).square().mean().backward()
     assert (counts.self_attention, counts.cross_attention) == (self_calls, cross_calls)  # tiny model: 2 blocks
     for (n, p), q in zip(m.named_parameters(), reference.parameters()):
         if p.requires_grad:
@@ -157,31 +158,32 @@ def test_checkpointing_modes_give_the_same_gradients(settings, self_calls, cross
 def test_save_trained_reloads_through_diffusers_and_load_trained(tiny_wan_dir, tmp_path):
     from diffusers import WanPipeline
 
-    m = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioner_config=COND, lora=dict(rank=4, alpha=8))
+    m = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioning_config=COND, lora=dict(rank=4, alpha=8))
     randomize_trainables(m)
     x, t, text, tracks = inputs()
-    expected = m(x, t, text, tracks)
-    export = m.save_trained(tmp_path / "export", extra={"latent_stride": 4, "num_tracks": N})
-    assert {p.name for p in export.iterdir()} == {"pytorch_lora_weights.safetensors", "conditioner", "track2view.json"}
+    expected = m(x, t, text, tracks=tracks)
+    export = m.save_trained(tmp_path / "export", latent_stride=4, num_tracks=N)
+    assert {p.name for p in export.iterdir()} == {"pytorch_lora_weights.safetensors", "conditioning", "track2view.json",
+                                                  ".track2view-output"}
     assert json.loads((export / "track2view.json").read_text())["num_tracks"] == N
 
     # the LoRA alone, through plain diffusers (alpha != rank: needs the adapter metadata)
     pipe = WanPipeline.from_pretrained(tiny_wan_dir)
     pipe.load_lora_weights(export)
-    lora_only = m.transformer(x, t, text, return_dict=False)[0]  # no tracks: the hook adds nothing
+    lora_only = m.transformer(x, t, text, return_dict=False)[0]  # no inputs: the hook adds nothing
     assert not torch.allclose(lora_only, tiny_transformer(0)(x, t, text, return_dict=False)[0])
     torch.testing.assert_close(pipe.transformer(x, t, text, return_dict=False)[0], lora_only)
 
     # everything, through our own loader (fresh model with default LoRA settings: rebuilt from the export)
     fresh = Track2ViewTransformer.from_pretrained(tiny_wan_dir)
     fresh.load_trained(export)
-    assert fresh.lora.rank == 4 and fresh.conditioner.config.width == COND["width"]
-    torch.testing.assert_close(fresh(x, t, text, tracks), expected)
-    torch.testing.assert_close(Track2ViewTransformer.from_trained(tiny_wan_dir, export)(x, t, text, tracks), expected)
+    assert fresh.lora.rank == 4 and fresh.conditioning.config.width == COND["width"]
+    torch.testing.assert_close(fresh(x, t, text, tracks=tracks), expected)
+    torch.testing.assert_close(Track2ViewTransformer.from_trained(tiny_wan_dir, export)(x, t, text, tracks=tracks), expected)
 
     # a checkpoint for another base model fails with a clear message
     other = Track2ViewTransformer(tiny_transformer(0, num_layers=3))
-    with pytest.raises(ValueError, match="was trained for .* but base model is"):
+    with pytest.raises(ValueError, match="trained for another base model than this model .*num_layers"):
         other.load_trained(export)
     with pytest.raises(FileNotFoundError, match="not a Track2View export"):
         fresh.load_trained(tmp_path)
@@ -193,7 +195,7 @@ def test_overfits_one_batch():
     base = tiny_transformer(0, attention_head_dim=64)
     with torch.no_grad():
         base.proj_out.weight *= 2.5
-    m = Track2ViewTransformer(base, conditioner_config=COND, lora=dict(rank=16, alpha=16))
+    m = Track2ViewTransformer(base, conditioning_config=COND, lora=dict(rank=16, alpha=16))
     g = torch.Generator().manual_seed(0)
     source, target, noise = (torch.randn(1, 16, F, H, W, generator=g) for _ in range(3))
     x, velocity = noise_target(source, target, torch.tensor([0.5]), noise=noise)
@@ -201,7 +203,7 @@ def test_overfits_one_batch():
     opt = torch.optim.Adam(m.trainable_parameters(), lr=1e-2)
     losses = []
     for _ in range(150):
-        loss = flow_matching_loss(m(x, t, text, tracks), velocity)
+        loss = flow_matching_loss(m(x, t, text, tracks=tracks), velocity)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -218,13 +220,13 @@ def test_compiled_selective_checkpointing_matches_eager(ffn_chunk_tokens):
     x, t, text, tracks = inputs()
     reference = model(num_layers=3)
     randomize_trainables(reference)
-    reference(x, t, text, tracks).square().mean().backward()
+    reference(x, t, text, tracks=tracks).square().mean().backward()
     m = model(num_layers=3)
     randomize_trainables(m)
     torch._dynamo.reset()
     counters.clear()
     m.configure_speed(SpeedSettings("selective", compile_blocks=True, ffn_chunk_tokens=ffn_chunk_tokens))
-    m(x, t, text, tracks).square().mean().backward()
+    m(x, t, text, tracks=tracks).square().mean().backward()
     assert counters["stats"]["unique_graphs"] == 1  # one graph shared by the 3 blocks, no recompiles
     assert not counters["graph_break"]
     for (n, p), q in zip(m.named_parameters(), reference.parameters()):

@@ -1,14 +1,19 @@
-"""Atomic file writes and video read/write (PyAV).
+"""Atomic file and directory writes, and video read/write (PyAV).
 
-Every file this project writes goes through `atomic_path`: the content is written to a temporary
-sibling and renamed into place, so an interrupted job never leaves a half-written file behind.
+Every file this project writes goes through `atomic_path`, every output directory through
+`atomic_directory`: the content is written to a temporary sibling and renamed into place, so an interrupted
+job never leaves a half-written output behind. Temporary names carry the PID and a random part, so writers
+in different containers sharing a file system never collide.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import shutil
+import uuid
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,13 +29,70 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.name}.tmp{_unique()}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _unique() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+OUTPUT_MARKER = ".track2view-output"  # names the kind of output a directory is: only such a directory is replaced
+
+
+def check_replaceable(path: str | os.PathLike, kind: str) -> None:
+    """Raise FileExistsError unless `path` is absent or a previous output of `kind` (see `atomic_directory`)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    marker = path / OUTPUT_MARKER
+    found = marker.read_text().strip() if path.is_dir() and marker.is_file() else None
+    if found != kind:
+        what = f"a {found} output" if found else ("a file" if not path.is_dir() else "a directory this command did "
+                                                                                     "not write")
+        raise FileExistsError(f"{path} exists and is {what}; it is never replaced. Choose a new output path "
+                              f"(or delete it yourself)")
+
+
+def replace_directory(src: str | os.PathLike, dst: str | os.PathLike, kind: str) -> Path:
+    """Mark directory `src` as an output of `kind` and move it onto `dst` (absent, or an output of `kind`).
+
+    The previous `dst` is kept under a hidden name until the new one is in place, then removed.
+    """
+    src, dst = Path(src), Path(dst)
+    check_replaceable(dst, kind)
+    (src / OUTPUT_MARKER).write_text(kind + "\n")
+    old = dst.with_name(f".{dst.name}.old{_unique()}")
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, kind: str):
+    """Yield a fresh temporary sibling directory; move it onto `path` only if the block succeeds.
+
+    `kind` names the output (e.g. "export"): an existing `path` is replaced only when it is a previous output of
+    the same kind, so that pointing a command at a user's folder or a model directory never deletes it. The
+    check runs before the block, so a refused run does no work.
+    """
+    path = Path(path)
+    check_replaceable(path, kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{_unique()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        replace_directory(tmp, path, kind)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, obj, indent: int | None = 1, sort_keys: bool = False) -> Path:
@@ -40,20 +102,25 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = 1, sort_keys: 
     return Path(path)
 
 
-def read_video(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """Decode a video to RGB frames [T, H, W, 3] uint8 and return (frames, fps).
+def read_video(path: str | os.PathLike | bytes, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a video (a file, or its bytes, e.g. a shard member) to RGB frames [T, H, W, 3] uint8 and return
+    (frames, fps).
 
     Raises VideoError (with the path and the reason) for a missing file, a container or codec PyAV
     cannot decode, or a file without video frames.
     """
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"video not found: {path}")
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        source, path = io.BytesIO(path), Path("<video bytes>")
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise VideoError(f"video not found: {path}")
+        source = str(path)
     frames = []
     try:
-        with av.open(str(path)) as container:
+        with av.open(source) as container:
             if not container.streams.video:
                 raise VideoError(f"{path} has no video stream")
             stream = container.streams.video[0]

@@ -139,9 +139,9 @@ class PairedTracks:
         valid = torch.cat([self.valid, self.valid.new_zeros(*self.valid.shape[:-1], pad)], -1)
         return PairedTracks(uv, depth, valid)
 
-    def view(self, v: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(uv [B?, T, N, 2], depth [B?, T, N], valid [B?, T, N]) of view `v` (SOURCE or TARGET)."""
-        return self.uv.select(-4, v), self.depth.select(-3, v), self.valid.select(-3, v)
+    def apply(self, fn) -> "PairedTracks":
+        """The same tracks with `fn` applied to each of uv, depth and valid (e.g. batch slicing)."""
+        return PairedTracks(fn(self.uv), fn(self.depth), fn(self.valid))
 
     def to(self, *args, **kwargs) -> "PairedTracks":
         """Move to a device / cast floats; the mask stays bool."""

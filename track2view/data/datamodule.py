@@ -14,6 +14,7 @@ from __future__ import annotations
 import lightning as L
 import webdataset as wds
 
+from track2view.conditioning import input_names
 from track2view.data.loader import LoaderStats, make_loader
 
 
@@ -45,6 +46,8 @@ class Track2ViewDataModule(L.LightningDataModule):
         persistent_workers, pin_memory, prefetch_factor: passed to the DataLoader.
         temporal_stride: the VAE's temporal compression (Wan: 4); tracks are kept at frames 0, 4, 8, ...
         latent_channels: latent channels every sample must have (Wan-2.1: 16).
+        conditioning: the model's conditioning kind (linked from `model.conditioning` by train.py): the batches
+            carry that kind's inputs (`tracks`, `cameras`, or neither) and the loader reads only their members.
 
     Skips are counted in `stats` / `val_stats` (LoaderStats); `loader_stats()` gives them for logging.
     """
@@ -53,7 +56,7 @@ class Track2ViewDataModule(L.LightningDataModule):
                  val_batch_size: int | None = None, num_workers: int = 4, num_tracks: int = 1152,
                  max_text_len: int = 512, shuffle_buffer: int = 32, seed: int = 0, persistent_workers: bool = True,
                  pin_memory: bool = True, prefetch_factor: int = 2, temporal_stride: int = 4,
-                 latent_channels: int = 16):
+                 latent_channels: int = 16, conditioning: str = "tracks"):
         super().__init__()
         self.save_hyperparameters()
         self.samples_fetched = 0
@@ -66,7 +69,7 @@ class Track2ViewDataModule(L.LightningDataModule):
                            max_text_len=h.max_text_len, resampled=resampled, shuffle_buffer=h.shuffle_buffer,
                            seed=seed, persistent_workers=h.persistent_workers, pin_memory=h.pin_memory,
                            prefetch_factor=h.prefetch_factor, temporal_stride=h.temporal_stride,
-                           latent_channels=h.latent_channels, stats=stats)
+                           latent_channels=h.latent_channels, stats=stats, inputs=input_names(h.conditioning))
 
     def train_dataloader(self):
         self.stats = LoaderStats(self.hparams.num_workers)

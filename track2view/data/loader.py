@@ -23,14 +23,17 @@ import webdataset as wds
 from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_iterator
 
+from track2view.conditioning.camera import relative_camera_features
 from track2view.data import schema
 from track2view.tracks import PairedTracks
 from track2view.video_size import latent_frames
 
 log = logging.getLogger(__name__)
 
-REQUIRED = (schema.SOURCE_LATENTS, schema.TARGET_LATENTS, schema.PROMPT_EMBEDS, schema.TRACKS)
-READ = frozenset(REQUIRED + (schema.CAPTION,))  # the members a batch needs; videos/cameras are never read
+REQUIRED = (schema.SOURCE_LATENTS, schema.TARGET_LATENTS, schema.PROMPT_EMBEDS)
+# The shard member behind each conditioning input (track2view/conditioning/): the loader reads only those the
+# configured kind needs, and never the videos.
+INPUT_MEMBERS = {"tracks": schema.TRACKS, "cameras": schema.CAMERAS}
 
 
 class BadSample(ValueError):
@@ -119,8 +122,22 @@ def resolve_shards(spec: str | list[str]) -> list[str]:
     return urls
 
 
-def _wanted(fname: str) -> bool:
-    return base_plus_ext(fname)[1] in READ
+def members_read(inputs: tuple[str, ...]) -> frozenset[str]:
+    """The shard members a batch for conditioning `inputs` needs (latents, prompt, caption + the inputs')."""
+    unknown = [k for k in inputs if k not in INPUT_MEMBERS]
+    if unknown:
+        raise ValueError(f"the loader cannot read conditioning inputs {unknown}; it knows {sorted(INPUT_MEMBERS)}")
+    return frozenset(REQUIRED + (schema.CAPTION,) + tuple(INPUT_MEMBERS[k] for k in inputs))
+
+
+class _Wanted:
+    """Picklable member filter for the tar reader."""
+
+    def __init__(self, members: frozenset[str]):
+        self.members = members
+
+    def __call__(self, fname: str) -> bool:
+        return base_plus_ext(fname)[1] in self.members
 
 
 def read_tar(url: str, select_files=None):
@@ -136,12 +153,13 @@ def read_tar(url: str, select_files=None):
         yield from group_by_keys({**f, "__url__": url} for f in tar_file_iterator(stream, select_files=select_files))
 
 
-def tar_samples(shards, stats: LoaderStats):
-    """{'url': ...} -> raw samples (`read_tar`, batch members only); a broken shard is counted and skipped."""
+def tar_samples(shards, stats: LoaderStats, members: frozenset[str]):
+    """{'url': ...} -> raw samples (`read_tar`, `members` only); a broken shard is counted and skipped."""
+    wanted = _Wanted(members)
     for shard in shards:
         url = shard["url"]
         try:
-            yield from read_tar(url, select_files=_wanted)
+            yield from read_tar(url, select_files=wanted)
             stats.count("shards")
         except Exception as e:
             stats.skip("unreadable_shard", f"{url}: {e!r}")
@@ -154,20 +172,20 @@ def _check_finite(name: str, a: np.ndarray, key: str) -> None:
 
 
 def prepare_sample(raw: dict, num_tracks: int, max_text_len: int, temporal_stride: int = 4,
-                   latent_channels: int = 16, rng: torch.Generator | None = None) -> dict:
+                   latent_channels: int = 16, rng: torch.Generator | None = None,
+                   inputs: tuple[str, ...] = ("tracks",)) -> dict:
     """Decode (safe decoders only), validate and shape one raw sample; raise BadSample naming the problem.
 
     Returns source_latents/target_latents [C, F, h, w] float32, prompt_embeds [max_text_len, D] float32
-    (zero-padded or truncated), tracks PairedTracks [2, F, num_tracks] at the latent stride (all-invalid
-    tracks dropped, then a random subset if more than num_tracks, then padded with invalid tracks;
-    invalid entries set to uv 0 / depth 1 so no NaN reaches the model), key, caption.
+    (zero-padded or truncated), key, caption, and the conditioning `inputs`: tracks PairedTracks [2, F, num_tracks]
+    at the latent stride (`_tracks`), cameras [F, 12] float32 (`_cameras`).
     """
     key = raw.get("__key__", "?")
     try:
         s = schema.decode_sample(raw)
     except ValueError as e:
         raise BadSample("decode_error", str(e)) from e
-    missing = [m for m in REQUIRED if m not in s]
+    missing = [m for m in REQUIRED + tuple(INPUT_MEMBERS[k] for k in inputs) if m not in s]
     if missing:
         raise BadSample("missing_member", f"{key} ({raw.get('__url__')}): missing members {missing}")
 
@@ -180,30 +198,54 @@ def prepare_sample(raw: dict, num_tracks: int, max_text_len: int, temporal_strid
     for name, a in ((schema.SOURCE_LATENTS, src), (schema.TARGET_LATENTS, tgt), (schema.PROMPT_EMBEDS, text)):
         _check_finite(name, a, key)
 
+    f = src.shape[1]
+    conditioning = {}
+    if "tracks" in inputs:
+        conditioning["tracks"] = _tracks(s[schema.TRACKS], key, f, num_tracks, temporal_stride, rng)
+    if "cameras" in inputs:
+        conditioning["cameras"] = _cameras(s[schema.CAMERAS], key, f, temporal_stride)
+    text = torch.from_numpy(text[:max_text_len].astype(np.float32))
+    text = torch.cat([text, text.new_zeros(max_text_len - text.shape[0], text.shape[1])])
+    return dict(source_latents=torch.from_numpy(src.astype(np.float32)),
+                target_latents=torch.from_numpy(tgt.astype(np.float32)),
+                prompt_embeds=text, key=key, caption=s.get(schema.CAPTION, ""), **conditioning)
+
+
+def _frame_count_problem(t: int, f: int, temporal_stride: int, key: str, what: str) -> None:
+    if (t - 1) % temporal_stride or latent_frames(t, temporal_stride) != f:
+        raise BadSample("frame_count", f"{key}: {t} {what} frames do not match {f} latent frames "
+                                       f"(need T = {temporal_stride}*(F-1)+1 = {temporal_stride * (f - 1) + 1})")
+
+
+def _tracks(arrays: dict, key: str, f: int, num_tracks: int, temporal_stride: int, rng) -> PairedTracks:
+    """PairedTracks [2, F, num_tracks] at the latent stride: all-invalid tracks dropped, then a random subset if
+    more than num_tracks, then padded with invalid tracks; invalid entries set to uv 0 / depth 1 (no NaN)."""
     try:
-        tracks = PairedTracks.from_numpy(s[schema.TRACKS]).validate()
+        tracks = PairedTracks.from_numpy(arrays).validate()
     except (KeyError, ValueError) as e:
         reason = "non_finite" if "non-finite" in str(e) else "bad_shape"
         raise BadSample(reason, f"{key}: {schema.TRACKS}: {e}") from e
-    t, f = tracks.num_frames, src.shape[1]
-    if (t - 1) % temporal_stride or latent_frames(t, temporal_stride) != f:
-        raise BadSample("frame_count", f"{key}: {t} track frames do not match {f} latent frames "
-                                       f"(need T = {temporal_stride}*(F-1)+1 = {temporal_stride * (f - 1) + 1})")
-
+    _frame_count_problem(tracks.num_frames, f, temporal_stride, key, "track")
     tracks = tracks.at_latent_stride(temporal_stride)
     tracks = tracks.tracks(torch.nonzero(tracks.valid.flatten(0, 1).any(0)).flatten())
     if tracks.num_tracks > num_tracks:
         tracks = tracks.subsample_tracks(num_tracks, generator=rng)
     tracks = tracks.pad_tracks(num_tracks)
     invalid = ~tracks.valid
-    tracks = PairedTracks(tracks.uv.masked_fill(invalid[..., None], 0.0), tracks.depth.masked_fill(invalid, 1.0),
-                          tracks.valid)
+    return PairedTracks(tracks.uv.masked_fill(invalid[..., None], 0.0), tracks.depth.masked_fill(invalid, 1.0),
+                        tracks.valid)
 
-    text = torch.from_numpy(text[:max_text_len].astype(np.float32))
-    text = torch.cat([text, text.new_zeros(max_text_len - text.shape[0], text.shape[1])])
-    return dict(source_latents=torch.from_numpy(src.astype(np.float32)),
-                target_latents=torch.from_numpy(tgt.astype(np.float32)),
-                prompt_embeds=text, tracks=tracks, key=key, caption=s.get(schema.CAPTION, ""))
+
+def _cameras(arrays: dict, key: str, f: int, temporal_stride: int) -> torch.Tensor:
+    """[F, 12]: the target camera relative to the source camera at frame 0 per latent frame (cameras.npz c2w
+    [2, T, 4, 4], metres)."""
+    c2w = arrays.get("c2w")
+    if c2w is None or c2w.ndim != 4 or c2w.shape[:1] != (2,) or c2w.shape[2:] != (4, 4):
+        raise BadSample("bad_shape", f"{key}: {schema.CAMERAS}: c2w must be [2, T, 4, 4], got "
+                                     f"{None if c2w is None else c2w.shape}")
+    _check_finite("cameras c2w", c2w, key)
+    _frame_count_problem(c2w.shape[1], f, temporal_stride, key, "camera")
+    return torch.from_numpy(relative_camera_features(c2w[0], c2w[1], temporal_stride))
 
 
 def collate(samples: list[dict]) -> dict:
@@ -213,7 +255,10 @@ def collate(samples: list[dict]) -> dict:
         raise ValueError(f"samples of one batch have different latent / prompt shapes {shapes}; precompute all "
                          f"shards with one --height/--width/--num-frames and use one max_text_len")
     batch = {k: torch.stack([s[k] for s in samples]) for k in ("source_latents", "target_latents", "prompt_embeds")}
-    batch["tracks"] = PairedTracks.stack([s["tracks"] for s in samples])
+    if "tracks" in samples[0]:
+        batch["tracks"] = PairedTracks.stack([s["tracks"] for s in samples])
+    if "cameras" in samples[0]:
+        batch["cameras"] = torch.stack([s["cameras"] for s in samples])
     batch["key"] = [s["key"] for s in samples]
     batch["caption"] = [s["caption"] for s in samples]
     return batch
@@ -234,8 +279,8 @@ class _Prepare:
 # ---- pipeline ------------------------------------------------------------------------------------------
 def make_dataset(shards: str | list[str], *, batch_size: int, num_tracks: int, max_text_len: int = 512,
                  resampled: bool = True, shuffle_buffer: int = 64, seed: int = 0, temporal_stride: int = 4,
-                 latent_channels: int = 16, num_workers: int = 0, stats: LoaderStats | None = None
-                 ) -> wds.DataPipeline:
+                 latent_channels: int = 16, num_workers: int = 0, stats: LoaderStats | None = None,
+                 inputs: tuple[str, ...] = ("tracks",)) -> wds.DataPipeline:
     """The webdataset pipeline yielding collated batches (each worker batches its own samples).
 
     resampled=True (training): every rank and worker draws shards with replacement from its own stream,
@@ -243,6 +288,7 @@ def make_dataset(shards: str | list[str], *, batch_size: int, num_tracks: int, m
     worker (about 12 MB each at 480x832x81). resampled=False (validation): each shard is read once, in
     order, split over ranks and workers (each sample once per pass), last batch partial.
     num_workers: the DataLoader workers that will run the pipeline (sizes the counters).
+    inputs: the conditioning inputs the batches carry (`track2view.conditioning.input_names(kind)`).
     """
     stats = stats if stats is not None else LoaderStats(num_workers)
     urls = resolve_shards(shards)
@@ -254,11 +300,11 @@ def make_dataset(shards: str | list[str], *, batch_size: int, num_tracks: int, m
             log.warning("%d shards for %d ranks x %d workers: some read nothing (uneven validation across ranks); "
                         "write smaller shards", len(urls), world_size, max(num_workers, 1))
         source = [wds.SimpleShardList(urls), wds.split_by_node]
-    stages = [*source, wds.split_by_worker, partial(tar_samples, stats=stats)]
+    stages = [*source, wds.split_by_worker, partial(tar_samples, stats=stats, members=members_read(inputs))]
     if resampled and shuffle_buffer > 1:
         stages.append(partial(_shuffled, bufsize=shuffle_buffer, seed=seed))
     prepare = _Prepare(seed, num_tracks=num_tracks, max_text_len=max_text_len, temporal_stride=temporal_stride,
-                       latent_channels=latent_channels)
+                       latent_channels=latent_channels, inputs=tuple(inputs))
     stages += [wds.map(prepare, handler=stats.handler), wds.map(partial(_counted, stats=stats)),
                wds.batched(batch_size, collation_fn=collate, partial=not resampled)]
     pipeline = wds.DataPipeline(*stages)
@@ -280,13 +326,13 @@ def _counted(sample: dict, stats: LoaderStats) -> dict:
 def make_loader(shards: str | list[str], *, batch_size: int, num_tracks: int, num_workers: int = 4,
                 max_text_len: int = 512, resampled: bool = True, shuffle_buffer: int = 64, seed: int = 0,
                 persistent_workers: bool = True, pin_memory: bool = True, prefetch_factor: int = 2,
-                temporal_stride: int = 4, latent_channels: int = 16, stats: LoaderStats | None = None
-                ) -> torch.utils.data.DataLoader:
+                temporal_stride: int = 4, latent_channels: int = 16, stats: LoaderStats | None = None,
+                inputs: tuple[str, ...] = ("tracks",)) -> torch.utils.data.DataLoader:
     """A DataLoader over `make_dataset`; `loader.dataset.stats` holds the counters."""
     dataset = make_dataset(shards, batch_size=batch_size, num_tracks=num_tracks, max_text_len=max_text_len,
                            resampled=resampled, shuffle_buffer=shuffle_buffer, seed=seed,
                            temporal_stride=temporal_stride, latent_channels=latent_channels,
-                           num_workers=num_workers, stats=stats)
+                           num_workers=num_workers, stats=stats, inputs=inputs)
     workers = dict(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor) if num_workers else {}
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers,
                                        pin_memory=pin_memory and torch.cuda.is_available(),

@@ -1,10 +1,10 @@
 """`Track2ViewModule`: the science of training as a LightningModule (paper sections 3.1-3.4).
 
     batch (docs/architecture.md "Batch"): source/target latents [B, 16, F, h, w], prompt embeds [B, L, D],
-                                           tracks [B, 2, F, N]
-    -> augment (source-frame dropout, track subsampling), sigma ~ p(sigma), noise the target half only
-    -> Track2ViewTransformer(cat(source, x_t) [B, 16, 2F, h, w], t, prompt, tracks)   (frozen Wan + LoRA + conditioner)
-    -> flow-matching MSE on the target half (fp32) -> AdamW on LoRA + conditioner, warm-up then constant/cosine LR
+                                           the conditioning's inputs (tracks [B, 2, F, N] | cameras [B, F, 12] | -)
+    -> augment (source-frame dropout, the conditioning's own), sigma ~ p(sigma), noise the target half only
+    -> Track2ViewTransformer(cat(source, x_t) [B, 16, 2F, h, w], t, prompt, inputs)   (frozen Wan + LoRA + conditioning)
+    -> flow-matching MSE on the target half (fp32) -> AdamW on LoRA + conditioning, warm-up then constant/cosine LR
 
 Every setting is an init argument (plain types, so LightningCLI reads them from YAML and they round-trip
 through checkpoints without pickle). The model is built in `configure_model` (Lightning calls it once the
@@ -19,7 +19,6 @@ draws what N GPUs draw. bf16 comes from the Trainer's precision: "bf16-mixed" au
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
@@ -28,12 +27,12 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from track2view.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs
-from track2view.tracks import PairedTracks
+from track2view.conditioning import KINDS, batch_slice, input_names
+from track2view.dtypes import DTYPES
+from track2view.model.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs
 from track2view.video_size import latent_frames, video_size_problem
 
 LR_SCHEDULES = ("constant", "cosine")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ConfigError(ValueError):
@@ -56,7 +55,9 @@ class Track2ViewModule(L.LightningModule):
         model_path: diffusers Wan-2.1 T2V directory (transformer/, vae/, scheduler/ ...); required by real configs.
         wan_config: `WanTransformer3DModel` config for a random-init base instead (tiny demo, benchmarks).
         torch_dtype: dtype of the frozen base weights ("bfloat16" on GPU; "float32" for the CPU demo).
-        conditioner: `DualViewTrackConditioner` config overrides (token_dim is taken from the base model).
+        conditioning: the conditioning kind, "tracks" (the paper's), "camera" (ReCamMaster-style embedding) or
+            "none" (frame concatenation only); track2view/conditioning/.
+        conditioning_config: that kind's config overrides (token_dim is taken from the base model).
         lora_rank, lora_alpha, lora_target_modules, lora_dropout: the LoRA on every DiT block.
         gradient_checkpointing: "full" (recompute each DiT block and the conditioner in backward), "selective"
             (keep the self-attention outputs, recompute the rest) or "none"; checkpoint_blocks: only the first k.
@@ -77,7 +78,7 @@ class Track2ViewModule(L.LightningModule):
     """
 
     def __init__(self, model_path: str | None = None, wan_config: dict | None = None, torch_dtype: str = "bfloat16",
-                 conditioner: dict | None = None, lora_rank: int = 64, lora_alpha: float = 64.0,
+                 conditioning: str = "tracks", conditioning_config: dict | None = None, lora_rank: int = 64, lora_alpha: float = 64.0,
                  lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
                  flow_matching: dict | None = None, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01, warmup_steps: int = 500, lr_schedule: str = "constant",
@@ -98,6 +99,8 @@ class Track2ViewModule(L.LightningModule):
                               f"or fix the path")
         if torch_dtype not in DTYPES:
             raise ConfigError(f"model.torch_dtype={torch_dtype!r}; choose one of {sorted(DTYPES)}")
+        if conditioning not in KINDS:
+            raise ConfigError(f"model.conditioning={conditioning!r}; choose one of {sorted(KINDS)}")
         if lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"model.lr_schedule={lr_schedule!r}; choose one of {LR_SCHEDULES}")
         if lr <= 0 or warmup_steps < 0 or not 0 <= min_lr_ratio <= 1:
@@ -106,7 +109,7 @@ class Track2ViewModule(L.LightningModule):
         if lora_rank < 1:
             raise ConfigError(f"model.lora_rank must be >= 1, got {lora_rank}")
         check_video_size(height, width, num_frames)
-        from track2view.transformer import SpeedSettings
+        from track2view.model.speed import SpeedSettings
 
         try:
             self.speed = SpeedSettings(gradient_checkpointing, checkpoint_blocks, compile_blocks, attention_backend,
@@ -128,13 +131,11 @@ class Track2ViewModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        from track2view.transformer import Track2ViewTransformer
+        from track2view.model.transformer import Track2ViewTransformer
 
         h = self.hparams
-        lora = dict(rank=h.lora_rank, alpha=h.lora_alpha, dropout=h.lora_dropout)
-        if h.lora_target_modules:
-            lora["target_modules"] = list(h.lora_target_modules)
-        kwargs = dict(conditioner_config=dict(h.conditioner or {}), lora=lora, torch_dtype=DTYPES[h.torch_dtype])
+        kwargs = dict(conditioning=h.conditioning, conditioning_config=dict(h.conditioning_config or {}),
+                      lora=lora_settings(h), torch_dtype=DTYPES[h.torch_dtype])
         if h.model_path is not None:
             model = Track2ViewTransformer.from_pretrained(h.model_path, subfolder="transformer", **kwargs)
         else:
@@ -182,19 +183,24 @@ class Track2ViewModule(L.LightningModule):
                               f"{h.height}x{h.width}x{h.num_frames} -> {[c, *expected]}; precompute the shards at the "
                               f"configured size or fix model.height/width/num_frames")
 
-    def forward(self, hidden_states, timestep, encoder_hidden_states, tracks: PairedTracks, source_frame_mask=None):
-        out = self.model(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
-                         tracks=tracks, source_frame_mask=source_frame_mask)
-        return out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+    def forward(self, hidden_states, timestep, encoder_hidden_states, **inputs):
+        return self.model(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
+                          **inputs)
+
+    def conditioning_inputs(self, batch: dict) -> dict:
+        """The batch entries the conditioning kind reads (docs/architecture.md "Batch")."""
+        return {k: batch[k] for k in input_names(self.hparams.conditioning)}
 
     def _loss(self, batch: dict, generator: torch.Generator, augment: bool, sigmas: torch.Tensor | None = None):
-        inputs = prepare_training_inputs(batch["source_latents"], batch["target_latents"], batch["tracks"], self.fm,
-                                         generator=generator, augment=augment, sigmas=sigmas,
-                                         patch_size=self.patch_size)
+        fm = prepare_training_inputs(batch["source_latents"], batch["target_latents"], self.fm, generator=generator,
+                                     augment=augment, sigmas=sigmas, patch_size=self.patch_size)
+        inputs = self.conditioning_inputs(batch)
+        if augment:
+            inputs = self.model.conditioning.augment(inputs, self.fm, generator)
         with self._autocast():
-            prediction = self(inputs.hidden_states, inputs.timestep, batch["prompt_embeds"], inputs.tracks,
-                              inputs.source_frame_mask)
-        return flow_matching_loss(prediction, inputs.velocity)
+            prediction = self(fm.hidden_states, fm.timestep, batch["prompt_embeds"], **inputs,
+                              source_frame_mask=fm.source_frame_mask)
+        return flow_matching_loss(prediction, fm.velocity)
 
     def _batch_slot(self, batch_idx: int) -> int:
         """Position of this micro-batch in the global batch (rank-major, then accumulation): the random draws
@@ -234,15 +240,20 @@ class Track2ViewModule(L.LightningModule):
         h = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
-            raise ConfigError("the model has no trainable parameters; check model.lora_* and model.conditioner")
+            raise ConfigError("the model has no trainable parameters; check model.lora_* and model.conditioning")
         groups = [{"name": "decay", "params": [p for p in params if p.ndim >= 2], "weight_decay": h.weight_decay},
                   {"name": "no_decay", "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=h.lr, betas=tuple(h.betas), eps=h.eps)
         total = self.trainer.max_steps if self.trainer is not None else -1
         if h.lr_schedule == "cosine" and (total is None or total <= 0):
             raise ConfigError("model.lr_schedule=cosine needs trainer.max_steps > 0 (the decay length)")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(h.warmup_steps, h.lr_schedule, total,
-                                                                              h.min_lr_ratio))
+        from transformers.optimization import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+        if h.lr_schedule == "cosine":  # linear warm-up from 0, then a cosine from lr to min_lr_ratio lr at max_steps
+            scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, h.warmup_steps, total,
+                                                                    min_lr_rate=h.min_lr_ratio)
+        else:
+            scheduler = get_constant_schedule_with_warmup(optimizer, h.warmup_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1,
                                                          "name": "lr"}}  # LearningRateMonitor: lr/decay, lr/no_decay
 
@@ -278,74 +289,10 @@ class Track2ViewModule(L.LightningModule):
                               f"unexpected {unexpected[:3]} ({len(unexpected)})")
         self.load_state_dict(state, strict=False)
 
-    # ---- sampling, for validation renders -------------------------------------------------------------------------
-    @staticmethod
-    def slice_batch(batch: dict, n: int) -> dict:
-        t = batch["tracks"]
-        return {**{k: v[:n] for k, v in batch.items() if isinstance(v, (torch.Tensor, list))},
-                "tracks": PairedTracks(t.uv[:n], t.depth[:n], t.valid[:n])}
 
-    def _pipeline(self):
-        """A Track2ViewPipeline around the model being trained (+ VAE and scheduler of model_path, if any)."""
-        if "pipe" not in self._aux:
-            from track2view.pipeline import Track2ViewPipeline
-            from track2view.tiny import tiny_scheduler
-
-            vae, scheduler = None, tiny_scheduler()  # UniPC with flow sigmas, shift 3 (Wan-2.1 480p default)
-            path = self.hparams.model_path
-            if path is not None:
-                from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
-
-                scheduler = UniPCMultistepScheduler.from_pretrained(path, subfolder="scheduler")
-                if (Path(path) / "vae").is_dir():
-                    vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
-                    vae = vae.to(self.device).requires_grad_(False).eval()
-            pipe = Track2ViewPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=self.model,
-                                      scheduler=scheduler, timestep_mode=self.fm.timestep_mode)
-            pipe.set_progress_bar_config(disable=True)
-            self._aux["pipe"] = pipe
-        return self._aux["pipe"]
-
-    @torch.no_grad()
-    def sample(self, batch: dict, num_inference_steps: int = 20, guidance_scale: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Generated target latents [B, 16, F, h, w] for the batch's source latents, prompts and tracks.
-
-        guidance_scale > 1: classifier-free guidance against zero prompt embeddings (the batch has no
-        negative prompt)."""
-        pipe = self._pipeline()
-        out = []
-        with self._autocast():
-            for i in range(batch["source_latents"].shape[0]):
-                embeds = batch["prompt_embeds"][i:i + 1]
-                t = batch["tracks"]
-                tracks = PairedTracks(t.uv[i:i + 1], t.depth[i:i + 1], t.valid[i:i + 1])
-                out.append(pipe.denoise(batch["source_latents"][i:i + 1], embeds, tracks,
-                                        negative_prompt_embeds=torch.zeros_like(embeds) if guidance_scale > 1 else None,
-                                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                        generator=generator))
-        return torch.cat(out).to(batch["source_latents"].dtype)
-
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> np.ndarray | None:
-        """Normalized latents [B, 16, F, h, w] -> uint8 frames [B, T, H, W, 3], or None without a VAE."""
-        pipe = self._pipeline()
-        if pipe.vae is None:
-            return None
-        frames = [pipe.decode(z[None]) for z in latents]  # each [T, 3, H, W] in [0, 1]
-        return np.stack([(f.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8) for f in frames])
-
-
-def lr_factor_fn(warmup_steps: int, schedule: str, total_steps: int | None, min_ratio: float = 0.0):
-    """step -> LR multiplier: linear warm-up over `warmup_steps` (first step at 1/warmup), then 1 ("constant")
-    or a cosine from 1 to `min_ratio` at `total_steps` ("cosine")."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
+def lora_settings(hparams) -> dict:
+    """The LoraSettings fields of the module's hyper-parameters (lora_rank, lora_alpha, ...)."""
+    lora = dict(rank=hparams["lora_rank"], alpha=hparams["lora_alpha"], dropout=hparams["lora_dropout"])
+    if hparams.get("lora_target_modules"):
+        lora["target_modules"] = list(hparams["lora_target_modules"])
+    return lora

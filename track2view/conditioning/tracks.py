@@ -41,6 +41,7 @@ Choices where the paper is silent (all config values):
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -48,8 +49,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
 
-from .geometry import PADDING_MODES, bilinear_sample, bilinear_scatter
-from .tracks import PairedTracks
+from track2view.conditioning.base import Conditioning
+from track2view.conditioning.geometry import PADDING_MODES, bilinear_sample, bilinear_scatter
+from track2view.tracks import PairedTracks
 
 DISPARITY_NORMS = ("max", "mean")
 
@@ -92,14 +94,19 @@ class ResidualMLP(nn.Module):
         return x + self.net(self.norm(x))
 
 
-class DualViewTrackConditioner(ModelMixin, ConfigMixin):
+class DualViewTrackConditioner(ModelMixin, ConfigMixin, Conditioning):
     """Paired tracks + patch-embedded dual-view tokens -> track tokens of the same shape (module docstring).
+
+    The `tracks` conditioning kind (track2view/conditioning/base.py): inputs `tracks` (and the optional
+    `source_frame_mask`); training augmentation: a random fraction of the tracks is kept (`subsample_tracks`).
 
     `enable_gradient_checkpointing()` recomputes the whole conditioner in backward: otherwise its
     activations (about 3 GB at 1152 tracks x 21 frames, width 512) stay alive through the entire DiT.
     """
 
     _supports_gradient_checkpointing = True
+    kind = "tracks"
+    inputs = ("tracks",)
 
     @register_to_config
     def __init__(self, token_dim: int = 1536, width: int = 512, num_layers: int = 8, num_heads: int = 8,
@@ -127,6 +134,30 @@ class DualViewTrackConditioner(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.out_proj.weight)  # untrained conditioner adds exactly 0
         nn.init.zeros_(self.out_proj.bias)
         self.gradient_checkpointing = False
+
+    def check_inputs(self, inputs: Mapping[str, Any], batch_size: int, latent_frames: int) -> None:
+        super().check_inputs(inputs, batch_size, latent_frames)
+        tracks = inputs["tracks"]
+        if not isinstance(tracks, PairedTracks) or not tracks.batched:
+            raise ValueError("tracks must be batched PairedTracks [B, 2, F, N] (use PairedTracks.stack or "
+                             "add a leading axis)")
+        if tracks.num_frames != latent_frames or tracks.valid.shape[0] not in (1, batch_size):
+            raise ValueError(f"tracks {tuple(tracks.depth.shape)} must be [B={batch_size} or 1, 2, F={latent_frames}, "
+                             f"N] (source + target frames of the input); subsample tracks to the latent frame rate "
+                             f"with PairedTracks.at_latent_stride")
+
+    def condition_tokens(self, tokens, inputs, patch_bias=None):
+        tracks = inputs["tracks"]
+        if tracks.valid.shape[0] != tokens.shape[0]:  # one video's tracks for a batch (e.g. the CFG branches)
+            tracks = tracks.apply(lambda t: t.expand(tokens.shape[0], *t.shape[1:]))
+        return self(tokens, tracks, inputs.get("source_frame_mask"), patch_bias=patch_bias)
+
+    def augment(self, inputs: dict, config, generator: torch.Generator | None = None) -> dict:
+        """Keep a random fraction ~ U[config.track_keep_min, track_keep_max] of each sample's tracks."""
+        if config.track_keep_min >= 1:
+            return inputs
+        return {**inputs, "tracks": subsample_tracks(inputs["tracks"], config.track_keep_min, config.track_keep_max,
+                                                     generator)}
 
     def normalized_disparity(self, depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """depth, valid [B, 2, F, N] -> disparity / (max or mean over the valid points of both views) [B, 2, F, N]."""
@@ -220,3 +251,17 @@ class DualViewTrackConditioner(ModelMixin, ConfigMixin):
                                 rearrange(uv, "b v f n c -> (b v f) n c"), (h, w),
                                 valid=rearrange(valid, "b v f n -> (b v f) n"), padding_mode=cfg.padding_mode)
         return rearrange(grid, "(b v f) d h w -> b d (v f) h w", b=b, v=2)
+
+
+def subsample_tracks(tracks: PairedTracks, keep_min: float, keep_max: float,
+                     generator: torch.Generator | None = None) -> PairedTracks:
+    """Keep a random fraction ~ U[keep_min, keep_max] of each sample's tracks by marking the rest invalid.
+
+    Shapes stay [B, 2, F, N] (static shapes for compiled models and padded batches).
+    """
+    b, n = tracks.valid.shape[0], tracks.num_tracks
+    device = generator.device if generator is not None else tracks.valid.device
+    fraction = keep_min + (keep_max - keep_min) * torch.rand(b, 1, generator=generator, device=device)
+    rank = torch.rand(b, n, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
+    keep = (rank < (fraction * n).ceil()).to(tracks.valid.device)  # [B, N]
+    return PairedTracks(tracks.uv, tracks.depth, tracks.valid & keep.view(b, 1, 1, n))

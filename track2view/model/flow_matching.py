@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .tracks import PairedTracks
 
 SIGMA_SAMPLINGS = ("shifted_uniform", "logit_normal")
 TIMESTEP_MODES = ("per_sample", "per_token")
@@ -33,7 +32,7 @@ class FlowMatchingConfig:
     logit_std: float = 1.0
     timestep_mode: str = "per_sample"  # or "per_token" (t = 0 on the source half)
     source_frame_dropout: float = 0.5  # zero k ~ U{0..floor(this * F)} random source latent frames; 0 = off
-    track_keep_min: float = 0.5  # keep a fraction ~ U[min, max] of the tracks (others marked invalid)
+    track_keep_min: float = 0.5  # tracks conditioning: keep a fraction ~ U[min, max] of the tracks (others invalid)
     track_keep_max: float = 1.0
 
     def __post_init__(self):
@@ -142,46 +141,29 @@ def drop_source_frames(source_latents: torch.Tensor, max_fraction: float, genera
     return source_latents * kept.view(b, 1, f, 1, 1).to(source_latents.dtype), kept
 
 
-def subsample_tracks(tracks: PairedTracks, keep_min: float, keep_max: float,
-                     generator: torch.Generator | None = None) -> PairedTracks:
-    """Keep a random fraction ~ U[keep_min, keep_max] of each sample's tracks by marking the rest invalid.
-
-    Shapes stay [B, 2, F, N] (static shapes for compiled models and padded batches).
-    """
-    b, n = tracks.valid.shape[0], tracks.num_tracks
-    device = _device(generator, tracks.valid.device)
-    fraction = keep_min + (keep_max - keep_min) * torch.rand(b, 1, generator=generator, device=device)
-    rank = torch.rand(b, n, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
-    keep = (rank < (fraction * n).ceil()).to(tracks.valid.device)  # [B, N]
-    return PairedTracks(tracks.uv, tracks.depth, tracks.valid & keep.view(b, 1, 1, n))
-
-
 @dataclass
 class TrainingInputs:
     """Everything one training step feeds the model and the loss."""
     hidden_states: torch.Tensor  # [B, C, 2F, h, w] clean source, noisy target
     timestep: torch.Tensor  # [B] or [B, S]
     velocity: torch.Tensor  # [B, C, F, h, w] target of the target half
-    tracks: PairedTracks  # after track subsampling
     source_frame_mask: torch.Tensor | None  # [B, F] bool, False = dropped; None without dropout
     sigmas: torch.Tensor  # [B]
 
 
-def prepare_training_inputs(source_latents: torch.Tensor, target_latents: torch.Tensor, tracks: PairedTracks,
-                            config: FlowMatchingConfig, generator: torch.Generator | None = None,
+def prepare_training_inputs(source_latents: torch.Tensor, target_latents: torch.Tensor, config: FlowMatchingConfig, generator: torch.Generator | None = None,
                             augment: bool = True, sigmas: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                             patch_size: tuple[int, int, int] = (1, 2, 2)) -> TrainingInputs:
-    """Augment (source-frame dropout, track subsampling; `augment=False` at validation), sample sigma, noise.
+    """Augment (source-frame dropout; `augment=False` at validation), sample sigma, noise the target half.
 
-    source/target latents [B, C, F, h, w], tracks [B, 2, F, N]. Fixed `sigmas` [B] / `noise` skip their draws.
+    source/target latents [B, C, F, h, w]. Fixed `sigmas` [B] / `noise` skip their draws. The conditioning's own
+    augmentation (e.g. track subsampling) is `Conditioning.augment`, drawn from the same generator after this.
     """
     source_frame_mask = None
     if augment and config.source_frame_dropout > 0:
         source_latents, source_frame_mask = drop_source_frames(source_latents, config.source_frame_dropout, generator)
-    if augment and config.track_keep_min < 1:
-        tracks = subsample_tracks(tracks, config.track_keep_min, config.track_keep_max, generator)
     if sigmas is None:
         sigmas = sample_sigmas(source_latents.shape[0], config, source_latents.device, generator)
     hidden_states, velocity = noise_target(source_latents, target_latents, sigmas, noise, generator)
     return TrainingInputs(hidden_states, timesteps(sigmas, config, hidden_states.shape, patch_size), velocity,
-                          tracks, source_frame_mask, sigmas)
+                          source_frame_mask, sigmas)

@@ -3,22 +3,28 @@
     source frames [T, H0, W0, 3] --resize_and_crop + VAE--> source latents [1, 16, F, h, w] (clean, encoded once)
     prompt --UMT5--> prompt embeds [1, 512, D] (and the negative prompt's, for classifier-free guidance)
     target latents ~ N(0, I) [1, 16, F, h, w]
-    every step: [source | target] along frames -> Track2ViewTransformer(tracks) -> keep the target half's
-                prediction -> CFG -> scheduler step on the target latents only (the source stays clean)
+    every step: [source | target] along frames -> Track2ViewTransformer(conditioning inputs) -> keep the target
+                half's prediction -> CFG -> scheduler step on the target latents only (the source stays clean)
     target latents --VAE--> target frames [T, H, W, 3]
 
+Conditioning inputs are what the model's conditioning kind reads (track2view/conditioning/): `tracks`
+(PairedTracks [2, T or F, N]) for "tracks", `cameras` ([F, 12], the relative target camera) for "camera",
+nothing for "none"; a call with another kind's inputs is refused with one message. The conditioning tokens are
+computed once per video (`Track2ViewTransformer.constant_conditioning`).
+
 As in training (paper Sec. 3.4), the source half is never noised. Timesteps follow the export's training
-`timestep_mode` (track2view.json, training -> flow_matching): one per sample (the default, also for exports
-that do not record it) or per token with t = 0 on the source half, built by flow_matching's own function.
+`timestep_mode` (`ExportInfo.timestep_mode`): one per sample (the default) or per token with t = 0 on the
+source half, built by flow_matching's own function.
 The two CFG branches (negative, positive prompt) run as one batch of 2. The scheduler is the model
 directory's (Wan-2.1: UniPC with flow sigmas, shift 3.0 at 480p); `flow_shift` overrides the shift.
 
 Several trajectories of one source video share its encoding: `prepare_source(...)` returns a `SourceCache`
-that `__call__(source=cache, tracks=...)` reuses, so only the denoising and decoding run per trajectory.
+that `__call__(source=cache, inputs=...)` reuses, so only the denoising and decoding run per trajectory.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +34,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from track2view.data.latents import encode_prompt, encode_video, latent_stats, resize_and_crop
-from track2view.flow_matching import TIMESTEP_MODES, token_timesteps
+from track2view.model.export import ExportInfo
+from track2view.model.flow_matching import TIMESTEP_MODES, token_timesteps
 from track2view.tracks import PairedTracks
 from track2view.video_size import video_size_problem
 
@@ -36,48 +43,20 @@ DEFAULT_HEIGHT, DEFAULT_WIDTH, DEFAULT_NUM_FRAMES = 480, 832, 81  # Wan-2.1 480p
 MAX_SEQUENCE_LENGTH = 512  # UMT5 tokens, zero-padded as WanPipeline does
 
 
-def check_checkpoint_matches(model_dir, checkpoint_dir) -> None:
-    """Raise ValueError naming the differing settings when a Track2View export was trained for another base
-    model than the one in `model_dir` (checked on the configs, before any weight is loaded)."""
+def default_scheduler(flow_shift: float = 3.0):
+    """Wan-2.1's sampler: UniPC with flow sigmas (shift 3.0 at 480p), for a model directory without scheduler/."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+                                   flow_shift=flow_shift)
+
+
+def check_export_matches(model_dir, info: ExportInfo) -> None:
+    """Raise ValueError naming the differing settings when an export was trained for another base model than the
+    one in `model_dir` (checked on the configs, before any weight is loaded)."""
     from diffusers import WanTransformer3DModel
 
-    from track2view.transformer import Track2ViewTransformer, base_fingerprint, fingerprint_differences
-
-    trained = Track2ViewTransformer.read_trained_config(checkpoint_dir).get("base_model", {})
-    base = base_fingerprint(WanTransformer3DModel.load_config(model_dir, subfolder="transformer"))
-    diff = [f"{k} {a} vs {b}" for k, (a, b) in fingerprint_differences(trained, base).items()]
-    if diff:
-        raise ValueError(f"checkpoint {checkpoint_dir} was trained for another base model than {model_dir} "
-                         f"(checkpoint vs model: {'; '.join(diff)}); pass the base model it was trained on")
-
-
-def trained_timestep_mode(checkpoint_dir) -> str:
-    """The `timestep_mode` a Track2View export was trained with ("per_sample" when it does not record one)."""
-    from track2view.transformer import Track2ViewTransformer
-
-    training = Track2ViewTransformer.read_trained_config(checkpoint_dir).get("training") or {}
-    return (training.get("flow_matching") or {}).get("timestep_mode") or "per_sample"
-
-
-class ConstantTrackTokens(torch.nn.Module):
-    """Stands in for the conditioner during one denoising run and computes its track tokens once.
-
-    The conditioner reads only the source half of the tokens (clean at every step, the same in both CFG
-    branches) and the tracks, so its output is the same for all steps and branches: computing it for one
-    sample at the first step and reusing it removes 2 x steps - 1 of its 2 x steps calls, exactly.
-    """
-
-    def __init__(self, conditioner: torch.nn.Module):
-        super().__init__()
-        self.conditioner = conditioner
-        self.tokens: torch.Tensor | None = None
-
-    def forward(self, tokens: torch.Tensor, tracks: PairedTracks, source_frame_mask=None, patch_bias=None):
-        if self.tokens is None:
-            first = PairedTracks(tracks.uv[:1], tracks.depth[:1], tracks.valid[:1])
-            mask = None if source_frame_mask is None else source_frame_mask[:1]
-            self.tokens = self.conditioner(tokens[:1], first, mask, patch_bias=patch_bias)
-        return self.tokens.expand(tokens.shape[0], *self.tokens.shape[1:])
+    info.check_base(dict(WanTransformer3DModel.load_config(model_dir, subfolder="transformer")), str(model_dir))
 
 
 @dataclass
@@ -107,7 +86,8 @@ class Track2ViewPipelineOutput(BaseOutput):
 class Track2ViewPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->transformer->vae"
 
-    def __init__(self, tokenizer, text_encoder, vae, transformer, scheduler, timestep_mode: str = "per_sample"):
+    def __init__(self, tokenizer, text_encoder, vae, transformer, scheduler, timestep_mode: str = "per_sample",
+                 export_info: ExportInfo | None = None):
         super().__init__()
         if timestep_mode not in TIMESTEP_MODES:
             raise ValueError(f"timestep_mode must be one of {TIMESTEP_MODES} (as the model was trained), "
@@ -115,6 +95,7 @@ class Track2ViewPipeline(DiffusionPipeline):
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                               scheduler=scheduler)
         self.register_to_config(timestep_mode=timestep_mode)
+        self.export_info = export_info  # the export's track2view.json (None: an untrained conditioning)
         vae_config = getattr(vae, "config", None)
         self.vae_scale_factor_temporal = getattr(vae_config, "scale_factor_temporal", 4)
         self.vae_scale_factor_spatial = getattr(vae_config, "scale_factor_spatial", 8)
@@ -122,12 +103,13 @@ class Track2ViewPipeline(DiffusionPipeline):
     # ---- loading -------------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, model_dir, checkpoint_dir=None, torch_dtype: torch.dtype = torch.bfloat16,
-                        vae_dtype: torch.dtype = torch.float32, flow_shift: float | None = None
-                        ) -> "Track2ViewPipeline":
+                        vae_dtype: torch.dtype = torch.float32, flow_shift: float | None = None,
+                        info: ExportInfo | None = None, conditioning: str = "tracks") -> "Track2ViewPipeline":
         """Load Wan-2.1 (diffusers directory: transformer, vae, text_encoder, tokenizer, scheduler) and apply a
-        trained Track2View export (LoRA + conditioner, docs/architecture.md "Trained checkpoint").
+        trained Track2View export (LoRA + conditioning, docs/architecture.md "Trained checkpoint"; its `info`,
+        read here if not given).
 
-        Without `checkpoint_dir` the conditioner is freshly initialised (zero output: the base model).
+        Without `checkpoint_dir` a freshly initialised `conditioning` kind is used (zero output: the base model).
         The timestep mode (per sample or per token) is the one the export was trained with.
         The VAE runs in `vae_dtype` (float32, as Wan recommends), the rest in `torch_dtype`.
         """
@@ -135,15 +117,15 @@ class Track2ViewPipeline(DiffusionPipeline):
         from diffusers import AutoencoderKLWan
         from transformers import AutoTokenizer, UMT5EncoderModel
 
-        from track2view.transformer import Track2ViewTransformer
+        from track2view.model.transformer import Track2ViewTransformer
 
-        if checkpoint_dir is not None:
-            check_checkpoint_matches(model_dir, checkpoint_dir)
         if checkpoint_dir is None:
             transformer = Track2ViewTransformer.from_pretrained(model_dir, subfolder="transformer",
-                                                                torch_dtype=torch_dtype)
-        else:  # conditioner and LoRA settings come from the export's track2view.json
-            transformer = Track2ViewTransformer.from_trained(model_dir, checkpoint_dir, torch_dtype=torch_dtype)
+                                                                torch_dtype=torch_dtype, conditioning=conditioning)
+        else:  # conditioning and LoRA settings come from the export's track2view.json
+            info = info or ExportInfo.read(checkpoint_dir)
+            check_export_matches(model_dir, info)
+            transformer = Track2ViewTransformer.from_trained(model_dir, checkpoint_dir, info, torch_dtype=torch_dtype)
         transformer.eval()
         # Each component is loaded by its own class: model_index.json names WanPipeline, not this pipeline.
         scheduler_config = diffusers.UniPCMultistepScheduler.load_config(model_dir, subfolder="scheduler")
@@ -153,7 +135,7 @@ class Track2ViewPipeline(DiffusionPipeline):
                                                                  torch_dtype=torch_dtype).eval(),
                    vae=AutoencoderKLWan.from_pretrained(model_dir, subfolder="vae", torch_dtype=vae_dtype).eval(),
                    transformer=transformer, scheduler=scheduler_cls.from_config(scheduler_config),
-                   timestep_mode="per_sample" if checkpoint_dir is None else trained_timestep_mode(checkpoint_dir))
+                   timestep_mode=info.timestep_mode if info is not None else "per_sample", export_info=info)
         if flow_shift is not None:
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, flow_shift=flow_shift)
         return pipe
@@ -204,50 +186,43 @@ class Track2ViewPipeline(DiffusionPipeline):
 
     # ---- denoising ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def denoise(self, source_latents: torch.Tensor, prompt_embeds: torch.Tensor, tracks: PairedTracks,
+    def denoise(self, source_latents: torch.Tensor, prompt_embeds: torch.Tensor, inputs: dict,
                 negative_prompt_embeds: torch.Tensor | None = None, num_inference_steps: int = 50,
                 guidance_scale: float = 5.0, generator: torch.Generator | None = None,
-                latents: torch.Tensor | None = None, cache_track_tokens: bool = True) -> torch.Tensor:
-        """Target latents [1, 16, F, h, w] from clean source latents [1, 16, F, h, w] and tracks [2, F, N] or
-        [1, 2, F, N] at the latent stride. With CFG (negative embeds given, guidance > 1) the negative and the
-        positive branch run as one batch of 2; both see the same tracks and source. `cache_track_tokens`:
-        run the conditioner once per video instead of once per step (`ConstantTrackTokens`; same result)."""
+                latents: torch.Tensor | None = None, reuse_conditioning: bool = True) -> torch.Tensor:
+        """Target latents [1, 16, F, h, w] from clean source latents [1, 16, F, h, w] and the conditioning
+        `inputs` of one video at the latent stride (batch 1: tracks [1, 2, F, N], cameras [1, F, 12]). With CFG
+        (negative embeds given, guidance > 1) the negative and the positive branch run as one batch of 2; both see
+        the same inputs and source. `reuse_conditioning`: compute the conditioning tokens once per video instead
+        of once per step (`Track2ViewTransformer.constant_conditioning`; the same result)."""
         device, dtype = next(self.transformer.parameters()).device, self.transformer.dtype
         do_cfg = negative_prompt_embeds is not None and guidance_scale > 1.0
+        inputs = with_batch_axis(inputs)
         source = source_latents.to(device, dtype)
         if latents is None:
             latents = randn_tensor(tuple(source.shape), generator=generator, device=device, dtype=torch.float32)
         latents = latents.to(device, torch.float32)
         embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
         embeds = embeds.to(device, dtype)
-        batch = len(embeds)
-        tracks = (tracks if tracks.batched else PairedTracks.stack([tracks])).to(device)
-        if len(tracks.depth) != batch:  # one sample's tracks, shared by the CFG branches
-            tracks = PairedTracks(*(x.expand(batch, *x.shape[1:]) for x in (tracks.uv, tracks.depth, tracks.valid)))
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self.scheduler.set_begin_index(0)
-        timesteps = self.scheduler.timesteps
-        conditioner = self.transformer.conditioner
-        if cache_track_tokens:
-            self.transformer.conditioner = ConstantTrackTokens(conditioner)
-        try:
-            latents = self._denoise_loop(source, latents, embeds, tracks, timesteps, guidance_scale if do_cfg else None)
-        finally:
-            self.transformer.conditioner = conditioner
-        return latents
+        reuse = self.transformer.constant_conditioning() if reuse_conditioning else contextlib.nullcontext()
+        with reuse:
+            return self._denoise_loop(source, latents, embeds, inputs, self.scheduler.timesteps,
+                                      guidance_scale if do_cfg else None)
 
-    def _denoise_loop(self, source, latents, embeds, tracks, timesteps, guidance_scale):
+    def _denoise_loop(self, source, latents, embeds, inputs, timesteps, guidance_scale):
         """source [1, 16, F, h, w] (transformer dtype), latents [1, 16, F, h, w] float32, embeds [B, L, D] with
-        B = 2 (negative, positive) when guidance_scale is not None, else 1; tracks [B, 2, F, N]."""
+        B = 2 (negative, positive) when guidance_scale is not None, else 1; inputs of batch 1."""
         dtype, batch, num_target = self.transformer.dtype, len(embeds), latents.shape[2]
         with self.progress_bar(total=len(timesteps)) as bar:  # silence: set_progress_bar_config(disable=True)
             for t in timesteps:
                 hidden = torch.cat([source, latents.to(dtype)], dim=2)  # [1, 16, 2F, h, w]: source | target
                 hidden = hidden.expand(batch, *hidden.shape[1:])
                 timestep = token_timesteps(t.expand(batch), self.config.timestep_mode, hidden.shape, self.patch_size)
-                out = self.transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=embeds,
-                                       tracks=tracks)
-                out = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
+                with self.transformer.cache_context("cond_uncond"):  # diffusers' step caches key their state by it
+                    out = self.transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=embeds,
+                                           **inputs)
                 pred = out[:, :, -num_target:].float()  # the target half's velocity
                 if guidance_scale is not None:
                     uncond, cond = pred.chunk(2)
@@ -267,37 +242,30 @@ class Track2ViewPipeline(DiffusionPipeline):
 
     # ---- the call -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, video: np.ndarray | None = None, tracks: PairedTracks | None = None, prompt: str = "",
+    def __call__(self, video: np.ndarray | None = None, inputs: dict | None = None, prompt: str = "",
                  negative_prompt: str | None = None, num_inference_steps: int = 50, guidance_scale: float = 5.0,
                  generator: torch.Generator | None = None, height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH,
                  num_frames: int | None = None, fps: float | None = None, source: SourceCache | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "np", return_dict: bool = True):
-        """Re-render `video` (frames [T, H0, W0, 3] uint8) along the camera of `tracks`.
+        """Re-render `video` (frames [T, H0, W0, 3] uint8) along the camera the conditioning `inputs` describe.
 
-        tracks: PairedTracks [2, T, N] at the video's frame rate (subsampled here to the latent stride) or
-        already at the latent stride [2, F, N]. `source`: a `prepare_source` result to reuse (then `video`,
-        `prompt`, `negative_prompt`, `height`, `width`, `num_frames` are taken from it). output_type: "np",
-        "pt" or "latent" (see Track2ViewPipelineOutput).
+        inputs: what the model's conditioning kind reads, for this one video: {"tracks": PairedTracks [2, T, N] at
+        the video's frame rate (subsampled here to the latent stride) or [2, F, N]} | {"cameras": [F, 12]} | {}
+        (`track2view.inference.rerender.conditioning_inputs` builds them from a trajectory). `source`: a
+        `prepare_source` result to reuse (then `video`, `prompt`, `negative_prompt`, `height`, `width`,
+        `num_frames` are taken from it). output_type: "np", "pt" or "latent" (see Track2ViewPipelineOutput).
         """
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
-        if tracks is None:
-            raise ValueError("tracks are required: PairedTracks [2, T, N] (see track2view.reprojection)")
         if source is None:
             if video is None:
                 raise ValueError("give either `video` (frames) or `source` (a prepare_source result)")
             source = self.prepare_source(video, prompt, negative_prompt, height, width, num_frames, guidance_scale, fps)
-        num_frames, num_latent = source.num_frames, source.latents.shape[2]
-        if tracks.num_frames == num_frames:
-            tracks = tracks.at_latent_stride(self.vae_scale_factor_temporal)
-        elif tracks.num_frames != num_latent:
-            raise ValueError(f"tracks have {tracks.num_frames} frames; expected {num_frames} (video frames) or "
-                             f"{num_latent} (latent frames)")
-        tracks.validate()
+        inputs = self.batched_inputs(inputs or {}, source)
         negative = source.negative_prompt_embeds if guidance_scale > 1.0 else None
         if guidance_scale > 1.0 and negative is None:
             raise ValueError("the source was prepared without CFG (guidance_scale <= 1); prepare it again")
-        target = self.denoise(source.latents, source.prompt_embeds, tracks, negative, num_inference_steps,
+        target = self.denoise(source.latents, source.prompt_embeds, inputs, negative, num_inference_steps,
                               guidance_scale, generator, latents)
         if output_type == "latent":
             frames = target
@@ -308,3 +276,30 @@ class Track2ViewPipeline(DiffusionPipeline):
         if not return_dict:
             return (frames,)
         return Track2ViewPipelineOutput(frames=frames, fps=source.fps)
+
+    def batched_inputs(self, inputs: dict, source: SourceCache) -> dict:
+        """One video's conditioning inputs at the latent stride with a batch axis of 1 (tracks at the video's frame
+        rate are subsampled); the model's conditioning checks the rest."""
+        out = dict(inputs)
+        num_frames, num_latent = source.num_frames, source.latents.shape[2]
+        tracks = out.get("tracks")
+        if tracks is not None:
+            if tracks.num_frames == num_frames and not tracks.batched:
+                tracks = tracks.at_latent_stride(self.vae_scale_factor_temporal)
+            elif tracks.num_frames != num_latent:
+                raise ValueError(f"tracks have {tracks.num_frames} frames; expected {num_frames} (video frames) or "
+                                 f"{num_latent} (latent frames)")
+            out["tracks"] = tracks.validate()
+        return with_batch_axis(out)
+
+
+def with_batch_axis(inputs: dict) -> dict:
+    """One video's conditioning inputs with a leading batch axis of 1 where they lack one (tracks [2, F, N] ->
+    [1, 2, F, N], cameras [F, 12] -> [1, F, 12])."""
+    out = dict(inputs)
+    if out.get("tracks") is not None and not out["tracks"].batched:
+        out["tracks"] = PairedTracks.stack([out["tracks"]])
+    if out.get("cameras") is not None:
+        cameras = torch.as_tensor(out["cameras"], dtype=torch.float32)
+        out["cameras"] = cameras[None] if cameras.dim() == 2 else cameras
+    return out

@@ -180,6 +180,15 @@ class Trajectory:
     name: str
     motion: np.ndarray
     relative_to: str = "source"
+    in_metres: bool = False  # translations still in metres (a pose file), to be scaled by `in_scene_units`
+
+    def in_scene_units(self, units_per_metre: float) -> "Trajectory":
+        """The trajectory with metre translations converted to scene units (presets are built in them)."""
+        if not self.in_metres:
+            return self
+        motion = self.motion.copy()
+        motion[:, :3, 3] *= units_per_metre
+        return Trajectory(self.name, motion, self.relative_to)
 
     def target_c2w(self, source_c2w: np.ndarray) -> np.ndarray:
         """Target camera-to-world [T, 4, 4] from the source camera-to-world [T, 4, 4]."""
@@ -207,9 +216,12 @@ def scene_scale(median_depth: float, metric: bool) -> tuple[float, float]:
     return median_depth, 1.0 if metric else median_depth / REFERENCE_DEPTH_M
 
 
-def load_poses(path: str | Path, num_frames: int, units_per_metre: float = 1.0) -> Trajectory:
+def load_poses(path: str | Path, num_frames: int, units_per_metre: float | None = None) -> Trajectory:
     """Read a custom trajectory (JSON or npz, see the module docstring) as a Trajectory relative to the
-    source camera at frame 0. A file with exactly one pose is held for all frames (a static viewpoint)."""
+    source camera at frame 0. A file with exactly one pose is held for all frames (a static viewpoint).
+
+    Metre translations are scaled by `units_per_metre`; when it is not known yet (None), they stay in metres
+    and `Trajectory.in_scene_units` converts them once the scene's scale is known."""
     path = Path(path)
     if not path.is_file():
         raise TrajectoryError(f"pose file not found: {path}")
@@ -263,9 +275,8 @@ def load_poses(path: str | Path, num_frames: int, units_per_metre: float = 1.0) 
     if not (orthonormal and np.allclose(np.linalg.det(r), 1, atol=1e-4)):
         raise TrajectoryError(f"{path}: the 3x3 blocks must be proper rotations (orthonormal, determinant +1)")
     c2w = np.linalg.inv(poses) if kind == "w2c" else poses.copy()
-    if units != "scene":
-        c2w[:, :3, 3] *= units_per_metre
-    return Trajectory(path.stem, c2w, "source_frame0")
+    trajectory = Trajectory(path.stem, c2w, "source_frame0", in_metres=units != "scene")
+    return trajectory if units_per_metre is None else trajectory.in_scene_units(units_per_metre)
 
 
 def save_poses(path: str | Path, c2w: np.ndarray, units: str = "metres") -> Path:

@@ -17,39 +17,22 @@ import torch
 
 from track2view.cameras import project
 from track2view.data.latents import CenterCrop
+from track2view.trackers.queries import DEFAULT_NUM_QUERIES, video_queries
 from track2view.tracks import SOURCE, PairedTracks
-
-DEFAULT_NUM_QUERIES = 1152
-
 
 class NoValidTracksError(ValueError):
     """No track lands inside the target view: the trajectory looks away from (or behind) the tracked scene."""
 
 
-def query_points(num_frames: int, num_queries: int = DEFAULT_NUM_QUERIES, height: int = 1, width: int = 1,
-                 seed: int = 0) -> np.ndarray:
-    """Tracker queries [Q, 3] rows (t, u, v), u/v normalized: half on frame 0, half on the last frame.
-
-    The same jittered grid as curation (`data_curation.curate.query_points`, paper Sec. 3.4), so the model sees
-    tracks distributed as in training; deterministic for a seed.
-    """
-    from data_curation.curate import query_points as curation_queries
-
-    if num_queries < 2:
-        raise ValueError(f"need at least 2 query points (half on the first, half on the last frame), got {num_queries}")
-    rng = np.random.default_rng(seed)
-    return curation_queries(num_queries, (0, num_frames - 1), rng, height, width, "grid").astype(np.float32)
-
-
 def track_video(frames: np.ndarray, tracker: str = "spatialtracker_v2", num_queries: int = DEFAULT_NUM_QUERIES,
                 frame_sources=None, **tracker_kwargs):
     """Run a tracker backend (`track2view.trackers`) on the source frames [T, H, W, 3] uint8 at their own
-    resolution with `query_points` -> TrackingResult. `frame_sources` [(video path, frame index)] per frame
+    resolution with `video_queries` -> TrackingResult. `frame_sources` [(video path, frame index)] per frame
     (the oracle needs them to find the synthetic scene's ground truth)."""
     from track2view.trackers import get_tracker
 
     t, h, w = frames.shape[:3]
-    queries = query_points(t, num_queries, h, w)
+    queries = video_queries(t, num_queries, h, w)
     return get_tracker(tracker, **tracker_kwargs).track(frames, queries, frame_sources)
 
 

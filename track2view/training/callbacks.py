@@ -1,5 +1,5 @@
-"""Training callbacks: metrics (grad norm, throughput, GPU memory, loader counters), the non-finite-loss
-guard, and the validation re-render video.
+"""Training callbacks: metrics (grad norm, throughput, GPU memory, loader counters) and the non-finite-loss
+guard (the validation re-render video: validation.py).
 
 LR is logged by Lightning's own `LearningRateMonitor` and the loss by the module; these callbacks add only
 what Lightning does not provide. None of them forces a host-device sync per step: values are logged as
@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy
-from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -119,65 +115,3 @@ class NonFiniteLossGuard(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.total = int(state_dict.get("total", 0))
-
-
-class ValidationVideo(Callback):
-    """After every validation run, re-render the first `num_samples` validation samples and log
-    `source | generated | target` side by side as a video: an mp4 under `<log dir>/videos/` and, with a
-    WandbLogger, `val/render` in W&B. Rank 0 only; needs a VAE (a `model_path` with a `vae/` folder), else it logs
-    only the latent-space error `val/render_latent_mse`.
-
-    num_inference_steps: sampler steps (Wan uses 50; a handful is enough to watch training progress, 2-4 on
-    the CPU demo). guidance_scale > 1 uses classifier-free guidance against an empty prompt (zero embeddings).
-    """
-
-    def __init__(self, num_inference_steps: int = 20, guidance_scale: float = 1.0, num_samples: int = 1,
-                 fps: int = 16, seed: int = 0):
-        self.num_inference_steps = num_inference_steps
-        self.guidance_scale = guidance_scale
-        self.num_samples = num_samples
-        self.fps = fps
-        self.seed = seed
-        self._batch = None
-
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
-        if batch_idx == 0 and dataloader_idx == 0:
-            self._batch = batch
-
-    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # trainer.log_dir is a collective (a broadcast): every rank calls it, also a rank that got no batch.
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "videos"
-        batch, self._batch = self._batch, None
-        if batch is not None and not trainer.sanity_checking:
-            self._render(trainer, pl_module, batch, out_dir)
-
-    @rank_zero_only
-    @torch.no_grad()
-    def _render(self, trainer: Trainer, pl_module: LightningModule, batch: dict, out_dir: Path) -> None:
-        # Rank 0 only, while the other ranks go on to the next step and wait for it: no collectives in here.
-        n = min(self.num_samples, batch["source_latents"].shape[0])
-        sub = pl_module.slice_batch(batch, n)
-        generator = torch.Generator(pl_module.device).manual_seed(self.seed)
-        generated = pl_module.sample(sub, num_inference_steps=self.num_inference_steps,
-                                     guidance_scale=self.guidance_scale, generator=generator)
-        mse = (generated.float() - sub["target_latents"].float()).pow(2).mean()
-        for logger in trainer.loggers:
-            logger.log_metrics({"val/render_latent_mse": float(mse)}, step=trainer.global_step)
-        videos = pl_module.decode_latents(torch.cat([sub["source_latents"], generated, sub["target_latents"]]))
-        if videos is None:
-            return
-        frames = np.concatenate(np.split(videos, 3), axis=3)  # [n, T, H, 3W, 3]: source | generated | target
-        from track2view.io import write_video
-
-        paths = [write_video(out_dir / f"step{trainer.global_step:07d}-{i}.mp4", f, fps=self.fps)
-                 for i, f in enumerate(frames)]
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                import wandb
-
-                logger.experiment.log({"val/render": [wandb.Video(str(p), format="mp4",
-                                                                  caption=" | ".join(("source", "generated", "target")))
-                                                      for p in paths], "trainer/global_step": trainer.global_step})
-
-

@@ -74,27 +74,26 @@ def tiny_tokenizer():
 
 
 def tiny_scheduler():
-    from diffusers import UniPCMultistepScheduler
+    from track2view.inference.pipeline import default_scheduler
 
-    return UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
-                                   flow_shift=3.0)
+    return default_scheduler()
 
 
 def save_tiny_wan(path: str | os.PathLike, seed: int = 0) -> Path:
     """Write a complete tiny Wan-2.1 T2V pipeline (diffusers layout) to `path` and return it.
 
     Idempotent: an existing complete directory is left as it is. Written to a temporary sibling and
-    renamed, so an interrupted call never leaves a half-written model behind.
+    renamed (track2view.io.atomic_directory), so an interrupted call never leaves a half-written model behind.
     """
     from diffusers import WanPipeline
+
+    from track2view.io import atomic_directory
 
     path = Path(path)
     if (path / "model_index.json").exists():
         return path
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     pipe = WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=tiny_text_encoder(seed), vae=tiny_vae(seed),
                        scheduler=tiny_scheduler(), transformer=tiny_transformer(seed))
-    pipe.save_pretrained(tmp)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, path)
+    with atomic_directory(path, "tiny-wan") as tmp:
+        pipe.save_pretrained(tmp)
     return path

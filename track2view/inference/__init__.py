@@ -1,0 +1,5 @@
+"""Inference: video -> tracks -> target cameras -> conditioning inputs -> pipeline -> files.
+
+trajectories.py (target camera paths), reprojection.py (tracks of the source into the target cameras),
+pipeline.py (`Track2ViewPipeline`), visualize.py (side-by-side and overlay frames), rerender.py (the routine
+behind infer.py)."""

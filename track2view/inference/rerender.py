@@ -1,0 +1,291 @@
+"""The re-render routine behind infer.py (and evaluate.py generate), one straight path:
+
+    video file --read once--> frames [T, H, W, 3]
+      -> 3D tracks of the source (a tracker, or a TrackingResult npz)          (kinds tracks, camera)
+      -> per trajectory: target cameras -> paired tracks [2, T, N] -> the conditioning kind's inputs
+      -> Track2ViewPipeline: encode the source once, denoise + decode per trajectory
+      -> mp4 files (+ side by side, track overlay, tracks npz), each written atomically
+
+`Rerenderer` loads the pipeline once (lazily, after the inputs are checked) and re-renders many requests; the
+export's track2view.json is read once into `ExportInfo` and decides the conditioning kind: "tracks" and
+"camera" need a target trajectory, "none" takes none (it re-renders without camera control).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from track2view.inference.trajectories import Trajectory, load_poses, make_trajectory, resolve_name, scene_scale
+from track2view.model.export import ExportInfo
+from track2view.trackers.queries import DEFAULT_NUM_QUERIES
+from track2view.video_size import video_size_problem
+
+CAMERA_KINDS = ("tracks", "camera")  # the kinds that take a target trajectory (and so need the source's tracks)
+
+
+class InputError(ValueError):
+    """Bad user input; printed as one line `error: ...`."""
+
+
+@dataclass
+class RerenderRequest:
+    """One source video and the trajectories to re-render it along (infer.py's options, README "Re-render")."""
+
+    video: str
+    out: str  # .mp4; with several trajectories OUT_<name>.mp4
+    trajectories: list[str] = field(default_factory=list)  # preset names (trajectories.PRESETS)
+    amounts: list[float] = field(default_factory=list)  # one for all, or one per preset
+    mode: str = "gradual"
+    aim: bool = False
+    poses: list[str] = field(default_factory=list)  # custom pose files
+    tracks: str | None = None  # a TrackingResult npz of the source (skips tracking)
+    tracker: str = "spatialtracker_v2"
+    tracker_options: list[str] = field(default_factory=list)  # KEY=VALUE
+    num_queries: int = DEFAULT_NUM_QUERIES
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 50
+    guidance: float = 5.0
+    seed: int = 0
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
+    side_by_side: bool = False
+    overlay: bool = False
+    save_tracks: bool = False
+
+
+@dataclass
+class View:
+    """One trajectory ready for the pipeline."""
+
+    name: str
+    inputs: dict  # the conditioning kind's inputs for Track2ViewPipeline.__call__
+    prepared: object | None = None  # reprojection.PreparedTracks (kinds with a trajectory), for overlays
+    source_c2w: np.ndarray | None = None  # [T, 4, 4] in the tracker's world frame
+
+
+class Rerenderer:
+    """A Wan-2.1 directory + a Track2View export (or none: the untrained conditioning, for testing), loaded once."""
+
+    def __init__(self, model_dir: str, checkpoint: str | None = None, device: str | None = None,
+                 dtype: str | None = None, flow_shift: float | None = None, fuse_lora: bool = True,
+                 compile: bool = False):
+        if not (Path(model_dir) / "model_index.json").is_file():
+            raise InputError(f"--model {model_dir} is not a diffusers model directory (no model_index.json); pass "
+                             f"the Wan-2.1 T2V diffusers folder")
+        if checkpoint and not Path(checkpoint).is_dir():
+            raise InputError(f"--checkpoint {checkpoint} is not a directory; pass a Track2View export directory")
+        self.model_dir, self.checkpoint, self.device, self.dtype = model_dir, checkpoint, device, dtype
+        self.flow_shift, self.fuse_lora, self.compile = flow_shift, fuse_lora, compile
+        self.info = ExportInfo.read(checkpoint) if checkpoint else None
+        self.kind = self.info.conditioning if self.info else "tracks"
+        self._pipe = None
+
+    def pipeline(self):
+        """The Track2ViewPipeline, loaded on first use (so that bad input is reported before the slow load)."""
+        if self._pipe is None:
+            import torch
+
+            from track2view.dtypes import parse_dtype
+            from track2view.inference.pipeline import Track2ViewPipeline
+
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            dtype = parse_dtype(self.dtype, "--dtype") if self.dtype else (
+                torch.bfloat16 if device.startswith("cuda") else torch.float32)
+            pipe = Track2ViewPipeline.from_checkpoint(self.model_dir, self.checkpoint, torch_dtype=dtype,
+                                                      flow_shift=self.flow_shift, info=self.info).to(device)
+            if self.checkpoint and self.fuse_lora:
+                pipe.fuse_lora()
+            if self.compile:
+                pipe.transformer.transformer.compile_repeated_blocks(fullgraph=True)
+            self._pipe = pipe
+        return self._pipe
+
+    def render(self, request: RerenderRequest) -> list[Path]:
+        """Re-render `request.video` along every trajectory of the request; returns the files written."""
+        import torch
+
+        check_request(request, self.kind)
+        poses = [load_poses(p, request.num_frames) for p in request.poses]  # parsed once, metres kept
+        video, fps = read_clip(request.video, request.num_frames)
+        views = self._views(request, video, poses)
+        pipe = self.pipeline()
+        source = pipe.prepare_source(video, request.prompt, request.negative_prompt, request.height, request.width,
+                                     request.num_frames, request.guidance, fps)
+        free_text_encoder(pipe)
+        written = []
+        for view, path in zip(views, output_paths(Path(request.out), [v.name for v in views])):
+            result = pipe(source=source, inputs=view.inputs, num_inference_steps=request.steps,
+                          guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed))
+            written += write_outputs(path, request, view, source.frames, result.frames, fps)
+        return written
+
+    def _views(self, request: RerenderRequest, video: np.ndarray, poses: list[Trajectory]) -> list[View]:
+        if self.kind not in CAMERA_KINDS:
+            return [View(Path(request.out).stem, {})]
+        from track2view.inference.reprojection import median_depth, prepare_tracks
+
+        tracking = load_or_track(request, video)
+        (th, tw), (vh, vw) = tracking.image_size, video.shape[1:3]
+        if abs(th / tw - vh / vw) > 0.01 * vh / vw:
+            raise InputError(f"the tracks were computed on {th}x{tw} frames but the video is {vh}x{vw} (another "
+                             f"aspect ratio); track this video or pass its own --tracks file")
+        pivot, units = scene_scale(median_depth(tracking), bool(np.asarray(tracking.metric)))
+        trajectories = [make_trajectory(name, request.num_frames, amount_for(request, i), request.mode, pivot,
+                                        units, request.aim) for i, name in enumerate(request.trajectories)]
+        trajectories += [p.in_scene_units(units) for p in poses]
+        views = []
+        for trajectory in trajectories:
+            prep = prepare_tracks(tracking, trajectory, request.num_frames, image_size=(request.height, request.width),
+                                  num_tracks=request.num_queries)
+            source_c2w = np.asarray(tracking.c2w[:request.num_frames], np.float64)
+            views.append(View(trajectory.name, conditioning_inputs(self.kind, prep, source_c2w, units), prep,
+                              source_c2w))
+        return views
+
+
+def conditioning_inputs(kind: str, prepared, source_c2w: np.ndarray, units_per_metre: float,
+                        stride: int = 4) -> dict:
+    """The pipeline inputs of conditioning `kind` for one prepared trajectory (reprojection.PreparedTracks)."""
+    if kind == "tracks":
+        return {"tracks": prepared.latent}
+    if kind == "camera":
+        from track2view.conditioning.camera import relative_camera_features
+
+        return {"cameras": relative_camera_features(source_c2w, prepared.target_c2w, stride, units_per_metre)}
+    return {}
+
+
+def check_request(r: RerenderRequest, kind: str) -> None:
+    """Checks that need nothing loaded (fast failures before any model or tracker runs)."""
+    if kind in CAMERA_KINDS:
+        if not r.trajectories and not r.poses:
+            raise InputError("give at least one --trajectory NAME or --poses FILE (see --list-trajectories)")
+    else:
+        given = [flag for flag, value in (("--trajectory", r.trajectories), ("--poses", r.poses),
+                                          ("--tracks", r.tracks), ("--tracker-option", r.tracker_options),
+                                          ("--overlay", r.overlay), ("--save-tracks", r.save_tracks)) if value]
+        if given:
+            raise InputError(f"the export's conditioning is {kind!r}: it takes no camera trajectory, so "
+                             f"{', '.join(given)} cannot apply; drop them, or use an export trained with tracks "
+                             f"or camera conditioning")
+    for name in r.trajectories:
+        resolve_name(name)
+    if kind in CAMERA_KINDS and not r.tracks:
+        from track2view.trackers import available_trackers
+
+        if r.tracker not in available_trackers():
+            raise InputError(f"unknown tracker {r.tracker!r}; available: {', '.join(available_trackers())} "
+                             f"(or pass precomputed tracks with --tracks)")
+    if r.amounts and len(r.amounts) not in (1, len(r.trajectories)):
+        raise InputError(f"give one --amount for all trajectories or one per --trajectory "
+                         f"({len(r.trajectories)}), got {len(r.amounts)}")
+    problem = video_size_problem(r.height, r.width, r.num_frames, names=("--height", "--width", "--num-frames"))
+    if problem:
+        raise InputError(problem)
+    if r.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {r.steps}")
+    if r.num_queries < 2:
+        raise InputError(f"--num-queries must be >= 2, got {r.num_queries}")
+    if Path(r.out).suffix.lower() != ".mp4":
+        raise InputError(f"--out must be an .mp4 path, got {r.out}")
+    if r.tracks and not Path(r.tracks).is_file():
+        raise InputError(f"--tracks file not found: {r.tracks}")
+
+
+def amount_for(r: RerenderRequest, i: int) -> float | None:
+    return (r.amounts[i] if len(r.amounts) > 1 else r.amounts[0]) if r.amounts else None
+
+
+def read_clip(path: str, num_frames: int) -> tuple[np.ndarray, float]:
+    """The first `num_frames` frames of the video (decoding stops there) and its fps."""
+    from track2view.io import read_video
+
+    video, fps = read_video(path, max_frames=num_frames)
+    if len(video) < num_frames:
+        usable = (len(video) - 1) // 4 * 4 + 1
+        raise InputError(f"{path} has {len(video)} frames but --num-frames is {num_frames}; use a longer video or "
+                         f"--num-frames {usable}" if usable >= 5 else
+                         f"{path} has only {len(video)} frames; at least 5 are needed")
+    return video[:num_frames], fps
+
+
+def load_or_track(r: RerenderRequest, frames: np.ndarray):
+    """TrackingResult of the source frames (their own resolution): from --tracks, or by running the tracker."""
+    from track2view.inference.reprojection import track_video
+    from track2view.trackers import TrackingResult, parse_tracker_options
+
+    if r.tracks:
+        if r.tracker_options:
+            raise InputError("--tracker-option applies to the tracker, which --tracks skips; drop one of them")
+        return TrackingResult.load(r.tracks)
+    sources = [(str(Path(r.video).resolve()), t) for t in range(len(frames))]
+    try:
+        return track_video(frames, r.tracker, r.num_queries, sources,
+                           **parse_tracker_options(r.tracker_options, flag="--tracker-option"))
+    except (RuntimeError, ImportError, TypeError) as e:  # backend set-up: missing clone, weights, bad option
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"tracker {r.tracker!r}: {first} (tracker options: --tracker-option KEY=VALUE; or pass "
+                         f"precomputed tracks with --tracks)") from e
+
+
+def free_text_encoder(pipe) -> None:
+    """The prompts are encoded: give the text encoder's GPU memory to the DiT."""
+    import torch
+
+    if pipe.text_encoder is not None and pipe.device.type == "cuda":
+        pipe.text_encoder.to("cpu")
+        torch.cuda.empty_cache()
+
+
+def output_paths(out: Path, names: list[str]) -> list[Path]:
+    """One path per trajectory: `out` itself for one, out_<name><suffix> (unique) for several."""
+    if len(names) == 1:
+        return [out]
+    paths, seen = [], {}
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        tag = name if names.count(name) == 1 else f"{name}_{seen[name]}"
+        paths.append(out.with_name(f"{out.stem}_{tag}{out.suffix}"))
+    return paths
+
+
+def extra_path(path: Path, kind: str, suffix: str | None = None) -> Path:
+    return path.with_name(f"{path.stem}_{kind}{suffix or path.suffix}")
+
+
+def write_outputs(path: Path, r: RerenderRequest, view: View, source_frames: np.ndarray, generated: np.ndarray,
+                  fps: float) -> list[Path]:
+    """The re-rendered video and the extras the request asks for; returns the paths written."""
+    from track2view.io import write_video
+
+    frames = (generated * 255).round().clip(0, 255).astype(np.uint8)
+    written = [write_video(path, frames, fps=fps)]
+    if r.save_tracks:
+        written.append(save_tracks(extra_path(path, "tracks", ".npz"), view))
+    if r.side_by_side:
+        from track2view.inference.visualize import side_by_side
+
+        written.append(write_video(extra_path(path, "side_by_side"), side_by_side(source_frames, frames), fps=fps))
+    if r.overlay:
+        from track2view.inference.visualize import track_overlay
+
+        written.append(write_video(extra_path(path, "overlay"), track_overlay(source_frames, frames, view.prepared.full),
+                                   fps=fps))
+    return written
+
+
+def save_tracks(path: Path, view: View) -> Path:
+    """The paired tracks (uv [2,T,N,2], depth [2,T,N], valid [2,T,N]) and cameras (source_c2w, target_c2w
+    [T,4,4], tracker world frame) of one view, atomically."""
+    from track2view.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **view.prepared.full.to_numpy(), target_c2w=view.prepared.target_c2w.astype(np.float32),
+                     source_c2w=view.source_c2w.astype(np.float32))
+    return path
