@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "scheduler)")
     io.add_argument("--checkpoint", help="trained Track2View export directory (LoRA + conditioner); "
                     "without it the untrained conditioner is used (output = base model, for testing only)")
+    io.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refuse)")
     io.add_argument("--side-by-side", action="store_true", help="also write OUT_side_by_side.mp4 (source | target)")
     io.add_argument("--overlay", action="store_true", help="also write OUT_overlay.mp4 (tracks drawn on both views)")
     io.add_argument("--save-tracks", action="store_true",
@@ -101,7 +102,8 @@ def request_from(args) -> RerenderRequest:
                            tracker_options=args.tracker_option, num_queries=args.num_queries, prompt=args.prompt,
                            negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                            seed=args.seed, height=args.height, width=args.width, num_frames=args.num_frames,
-                           side_by_side=args.side_by_side, overlay=args.overlay, save_tracks=args.save_tracks)
+                           side_by_side=args.side_by_side, overlay=args.overlay, save_tracks=args.save_tracks,
+                           overwrite=args.overwrite)
 
 
 def run(args) -> list:
@@ -119,8 +121,8 @@ def bad_input_types() -> tuple[type, ...]:
     from track2view.io import VideoError
 
     # ValueError covers NoValidTracksError, tracker input errors, malformed tracks files, an export of another
-    # conditioning kind or trained for another base model
-    return InputError, VideoError, TrajectoryError, FileNotFoundError, FileExistsError, ValueError
+    # conditioning kind or trained for another base model; OSError a full disk or a file that cannot be written
+    return InputError, VideoError, TrajectoryError, OSError, ValueError
 
 
 def main(argv: list[str] | None = None) -> int:

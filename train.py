@@ -21,6 +21,9 @@ import os
 import sys
 
 
+_RUN_LOCKS = []  # held by this process's fit (released when it ends, also when it fails)
+
+
 def _cli_class():
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -32,6 +35,19 @@ def _cli_class():
         def add_arguments_to_parser(self, parser) -> None:
             # the loader reads what the model's conditioning kind needs: one setting, not two to keep in step
             parser.link_arguments("model.conditioning", "data.conditioning")
+
+        def _parse_ckpt_path(self) -> None:
+            # Lightning would replace the given settings by the checkpoint's, silently; the module compares them
+            # instead and refuses a change that cannot apply (track2view/training/resume.py).
+            return
+
+        def before_fit(self) -> None:
+            from track2view.training.resume import RunLock, resolve_ckpt_path
+
+            config = self.config_init["fit"]
+            config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), self.trainer)
+            if self.trainer.global_rank == 0:
+                _RUN_LOCKS.append(RunLock(self.trainer.default_root_dir))
 
         def before_instantiate_classes(self) -> None:
             # Logger save_dir / ModelCheckpoint dirpath may start with "${trainer.default_root_dir}" so that one
@@ -72,8 +88,12 @@ def fit_main(argv: list[str] | None) -> None:
     from track2view.data.datamodule import Track2ViewDataModule
     from track2view.training.module import Track2ViewModule
 
-    _cli_class()(Track2ViewModule, Track2ViewDataModule, args=argv, seed_everything_default=0,
-                 save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+    try:
+        _cli_class()(Track2ViewModule, Track2ViewDataModule, args=argv, seed_everything_default=0,
+                     save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+    finally:
+        while _RUN_LOCKS:
+            _RUN_LOCKS.pop().release()
 
 
 def export_main(argv: list[str]) -> None:

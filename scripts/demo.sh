@@ -31,7 +31,7 @@ python -m data_curation.precompute --shards "$OUT/shards/tracks" --out "$OUT/sha
 echo "== 5/6 train $STEPS steps on CPU -> $OUT/train"
 python train.py fit --config configs/demo.yaml --trainer.max_steps "$STEPS" \
   --trainer.default_root_dir "$OUT/train" --data.train_shards "$OUT/shards/latents" \
-  --data.val_shards "$OUT/shards/latents" --model.model_path "$OUT/tiny-wan" --ckpt_path last
+  --data.val_shards "$OUT/shards/latents" --model.model_path "$OUT/tiny-wan" --ckpt_path last_or_new
 python train.py export --ckpt "$OUT/train/checkpoints/last.ckpt" --out "$OUT/export"
 
 echo "== 6/6 re-render a scene's first camera along arc_left -> $OUT/rerender.mp4"
@@ -39,5 +39,5 @@ VIDEO=$(find "$OUT/MultiCamVideo/train" -path '*/videos/cam01.mp4' | sort | head
 python infer.py --video "$VIDEO" --tracker oracle \
   --trajectory arc_left --amount 20 --checkpoint "$OUT/export" --model "$OUT/tiny-wan" \
   --height "$SIZE" --width "$SIZE" --num-frames "$FRAMES" --steps 10 --side-by-side --overlay \
-  --out "$OUT/rerender.mp4"
+  --out "$OUT/rerender.mp4" --overwrite
 echo "done: $OUT/rerender.mp4 (plus _side_by_side.mp4 and _overlay.mp4 beside it)"

@@ -148,6 +148,10 @@ def _bad_inputs(tmp: Path, scene: Path, tiny_wan_dir: Path, tracks_file: Path):
     nan[3, 0, 3] = np.nan
     np.savez(tmp / "nan.npz", c2w=nan)
     np.savez(tmp / "object_tracks.npz", c2w=np.array([object()], dtype=object))
+    (tmp / "dir.mp4").mkdir()
+    (tmp / "exists.mp4").write_bytes(b"a user's video")
+    (tmp / "readonly").mkdir()
+    (tmp / "readonly").chmod(0o555)
     traj = ["--trajectory", "arc_left"]
     oracle = ["--tracker", "oracle"]
     return {
@@ -173,13 +177,26 @@ def _bad_inputs(tmp: Path, scene: Path, tiny_wan_dir: Path, tracks_file: Path):
         "amount count": (["--video", good, *traj, "--trajectory", "dolly_in", "--amount", 1, "--amount", 2,
                           "--amount", 3], "one per --trajectory"),
         "not a model": (["--video", good, *traj, "--model", tmp], "not a diffusers model directory"),
+        "bogus device": (["--video", good, *traj, *oracle, "--device", "bogus"], "--device 'bogus' is not a device"),
+        "absent cuda": (["--video", good, *traj, *oracle, "--device", "cuda:7"], "no such CUDA device"),
+        "nan guidance": (["--video", good, *traj, *oracle, "--guidance", "nan"], "--guidance must be a finite"),
+        "too many queries": (["--video", good, *traj, *oracle, "--num-queries", 2000000], "--num-queries must be in"),
+        "tracker option with tracks": (["--video", good, *traj, "--tracks", tracks_file, "--tracker-option", "a=b"],
+                                       "--tracker-option applies to the tracker, which --tracks skips"),
+        "out is a directory": (["--video", good, *traj, *oracle, "--out", tmp / "dir.mp4"], "is a directory"),
+        "out exists": (["--video", good, *traj, *oracle, "--out", tmp / "exists.mp4"],
+                       "exists; pass --overwrite"),
+        "out not writable": (["--video", good, *traj, *oracle, "--out", tmp / "readonly" / "x.mp4"],
+                             "not a writable folder"),
     }
 
 
 BAD = ["missing video", "unreadable video", "unknown codec", "too few frames", "pose shape", "pose non-finite",
        "unknown trajectory", "no valid target track", "bad tracks file", "tracks of another video",
        "unknown tracker", "tracker not set up", "bad tracker option", "malformed tracker option",
-       "missing checkpoint", "not a checkpoint", "amount count", "not a model"]
+       "missing checkpoint", "not a checkpoint", "amount count", "not a model", "bogus device", "absent cuda",
+       "nan guidance", "too many queries", "tracker option with tracks", "out is a directory", "out exists",
+       "out not writable"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -191,13 +208,27 @@ def test_bad_input_exits_2_with_one_error_line_and_no_file(case, scene, tiny_wan
     argv, expected = cases[case]
     out_dir = tmp_path / "out"
     argv = ["--model", tiny_wan_dir, *argv] if "--model" not in argv else argv
-    r = infer(*argv, "--out", out_dir / "out.mp4", *TINY)
+    argv = [*argv, "--out", out_dir / "out.mp4"] if "--out" not in argv else argv
+    tiny = [a for pair in zip(TINY[::2], TINY[1::2]) if pair[0] not in argv for a in pair]  # the case's flags win
+    r = infer(*argv, *tiny)
     assert r.returncode == 2, (r.stdout, r.stderr)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and r.stderr.strip().splitlines()[-1] == errors[0], r.stderr
     assert expected in errors[0], errors[0]
     assert "Traceback" not in r.stderr
     assert not out_dir.exists() or not any(out_dir.iterdir())
+    assert (inputs / "exists.mp4").read_bytes() == b"a user's video"
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(scene, tiny_wan_dir, tmp_path):
+    out = tmp_path / "render.mp4"
+    out.write_bytes(b"an earlier render")
+    args = ["--video", scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--tracker", "oracle",
+            "--trajectory", "arc_left", "--out", out, *TINY]
+    assert infer(*args).returncode == 2 and out.read_bytes() == b"an earlier render"
+    r = infer(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert read_video(out)[0].shape == (T, H, W, 3)
 
 
 def test_checkpoint_for_another_base_model_is_refused(scene, tiny_wan_dir, tmp_path):

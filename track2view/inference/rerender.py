@@ -24,6 +24,7 @@ from track2view.trackers.queries import DEFAULT_NUM_QUERIES
 from track2view.video_size import video_size_problem
 
 CAMERA_KINDS = ("tracks", "camera")  # the kinds that take a target trajectory (and so need the source's tracks)
+MAX_QUERIES = 65536  # tracker queries: 57x the model's 1152; more would only exhaust memory in the tracker
 
 
 class InputError(ValueError):
@@ -56,6 +57,7 @@ class RerenderRequest:
     side_by_side: bool = False
     overlay: bool = False
     save_tracks: bool = False
+    overwrite: bool = False  # replace existing output files (never a directory)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Rerenderer:
     def __init__(self, model_dir: str, checkpoint: str | None = None, device: str | None = None,
                  dtype: str | None = None, flow_shift: float | None = None, fuse_lora: bool = True,
                  compile: bool = False):
+        check_device(device)
         if not (Path(model_dir) / "model_index.json").is_file():
             raise InputError(f"--model {model_dir} is not a diffusers model directory (no model_index.json); pass "
                              f"the Wan-2.1 T2V diffusers folder")
@@ -189,12 +192,53 @@ def check_request(r: RerenderRequest, kind: str) -> None:
         raise InputError(problem)
     if r.steps < 1:
         raise InputError(f"--steps must be >= 1, got {r.steps}")
-    if r.num_queries < 2:
-        raise InputError(f"--num-queries must be >= 2, got {r.num_queries}")
-    if Path(r.out).suffix.lower() != ".mp4":
-        raise InputError(f"--out must be an .mp4 path, got {r.out}")
+    if not 2 <= r.num_queries <= MAX_QUERIES:
+        raise InputError(f"--num-queries must be in [2, {MAX_QUERIES}], got {r.num_queries}")
+    for flag, value in [("--guidance", r.guidance)] + [("--amount", a) for a in r.amounts]:
+        if not np.isfinite(value):
+            raise InputError(f"{flag} must be a finite number, got {value}")
     if r.tracks and not Path(r.tracks).is_file():
         raise InputError(f"--tracks file not found: {r.tracks}")
+    check_output(r, kind)
+
+
+def check_output(r: RerenderRequest, kind: str) -> None:
+    """--out: an .mp4 path in a writable folder; existing outputs only with --overwrite, and never a directory."""
+    import os
+
+    out = Path(r.out)
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"--out must be an .mp4 path, got {r.out}")
+    folder = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write into {folder} (--out {r.out}): not a writable folder; choose another --out")
+    names = [*map(resolve_name, r.trajectories), *(Path(p).stem for p in r.poses)] if kind in CAMERA_KINDS else [out.stem]
+    paths = output_paths(out, names)
+    suffixes = [("tracks", ".npz")] * r.save_tracks + [("side_by_side", None)] * r.side_by_side + \
+        [("overlay", None)] * r.overlay
+    paths += [extra_path(p, k, x) for p in paths for k, x in suffixes]
+    for path in paths:
+        if path.is_dir():
+            raise InputError(f"{path} is a directory; --out names the video file to write")
+        if path.exists() and not r.overwrite:
+            raise InputError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+
+
+def check_device(device: str | None) -> None:
+    """--device: a torch device that exists here (default: cuda if available, else cpu)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"--device {device!r} is not a device ({e}); use cpu, cuda or cuda:N") from e
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise InputError(f"--device {device}: no such CUDA device on this machine "
+                         f"({torch.cuda.device_count()} visible); use cpu or an existing cuda:N")
+    if parsed.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device}: only cpu and cuda devices are supported")
 
 
 def amount_for(r: RerenderRequest, i: int) -> float | None:

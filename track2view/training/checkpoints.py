@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
-        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return _torch_load(Path(path), map_location or "cpu")
 
 
 # ---- reading checkpoints outside the Trainer ----------------------------------------------------------------
@@ -76,11 +79,18 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict:
             "global_step": int(raw.get("global_step", 0))}
 
 
-def _torch_load(path: Path) -> dict:
+def _torch_load(path: Path, map_location="cpu") -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError / RuntimeError for files it refuses
-        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {e}") from e
+        raise ValueError(f"cannot read checkpoint {path} safely (weights_only=True): {load_error_reason(e)}") from e
+
+
+def load_error_reason(error: Exception) -> str:
+    """The line of a refused `torch.load` that says why (the global it refused, or the file's damage)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines() if line.strip()]
+    reason = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler error" in line), None)
+    return reason or (lines[0] if lines else type(error).__name__)
 
 
 def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_path: str | None = None) -> Path:

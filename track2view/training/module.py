@@ -273,12 +273,19 @@ class Track2ViewModule(L.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in state.items() if k not in frozen}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resume: the settings must be the checkpoint's (track2view/training/resume.py), then its tensors."""
+        from track2view.training.resume import check_resumable
+
+        applied = check_resumable(dict(checkpoint.get("hyper_parameters") or {}), dict(self.hparams))
+        for name, (old, new) in applied.items():
+            rank_zero_warn(f"resuming with model.{name}={new!r} instead of the checkpoint's {old!r} (it changes how "
+                           f"the step runs, not what it computes)")
         state = checkpoint.get("state_dict")
         if state is not None and self.model is not None:
             missing = sorted(self._trainable_names() - set(state))
             if missing:
                 raise ConfigError(f"the checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}); it was "
-                                  f"written with another LoRA/conditioner configuration")
+                                  f"written with another LoRA/conditioning configuration")
 
     def load_trainable_state_dict(self, state: dict) -> None:
         """Load LoRA + conditioner tensors (from a training checkpoint) into a configured model; strict on them."""

@@ -2,7 +2,10 @@
 
 A checkpoint is a directory (DeepSpeed's sharded layout, frozen parameters excluded), first written into
 `<name>.tmp` by every rank and renamed into place by rank 0 (track2view.io.replace_directory), so an
-interrupted save leaves the previous checkpoint intact.
+interrupted save leaves the previous checkpoint intact. It is read back without general unpickling: DeepSpeed's
+checkpoint engine calls `torch.load(weights_only=False)`; this strategy gives the engine a loader with
+`weights_only=True` that admits, besides tensors and plain containers, only the DeepSpeed classes its ZeRO-1
+optimizer state holds (`SAFE_DEEPSPEED_GLOBALS`). Anything else in a file is refused, naming the global.
 """
 
 from __future__ import annotations
@@ -17,6 +20,28 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from track2view.io import replace_directory
 
 CHECKPOINT_KIND = "track2view-deepspeed-checkpoint"  # the output marker of a ZeRO-1 checkpoint directory
+# (module, name) of the classes DeepSpeed's ZeRO stage 1/2 optimizer state pickles besides tensors and containers
+SAFE_DEEPSPEED_GLOBALS = (("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+                          ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+                          ("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+                          ("deepspeed.utils.tensor_fragment", "fragment_address"))
+
+
+def safe_deepspeed_load(path, map_location=None):
+    """DeepSpeed's checkpoint-engine `load`, with `weights_only=True` and only SAFE_DEEPSPEED_GLOBALS admitted."""
+    import importlib
+
+    import torch
+
+    from track2view.training.checkpoints import load_error_reason
+
+    allowed = [getattr(importlib.import_module(module), name) for module, name in SAFE_DEEPSPEED_GLOBALS]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # UnpicklingError for a global outside the allow-list, RuntimeError for a broken file
+        raise ValueError(f"cannot read DeepSpeed checkpoint file {path} safely (weights_only=True with DeepSpeed's "
+                         f"ZeRO state classes allowed): {load_error_reason(e)}") from e
 
 
 class FullPrecisionInputs(DeepSpeedPrecision):
@@ -58,6 +83,16 @@ class ZeRO1Strategy(DeepSpeedStrategy):
         if type(plugin) is DeepSpeedPrecision:  # the one Lightning's connector builds from trainer.precision
             plugin = FullPrecisionInputs(plugin.precision)
         self._precision_plugin = plugin
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        from track2view.training.checkpoints import load_training_checkpoint
+        from track2view.training.resume import check_resumable
+
+        # the settings first: DeepSpeed would load the tensors (and fail on a changed shape) before any hook runs
+        saved = load_training_checkpoint(checkpoint_path)["hyper_parameters"]
+        check_resumable(saved, dict(self.lightning_module.hparams))
+        self.deepspeed_engine.checkpoint_engine.load = safe_deepspeed_load  # instead of weights_only=False
+        return super().load_checkpoint(checkpoint_path, weights_only)
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any | None = None) -> None:
         final = Path(self.broadcast(str(filepath)))
