@@ -42,11 +42,13 @@ def _cli_class():
             return
 
         def before_fit(self) -> None:
+            from lightning.pytorch.utilities import rank_zero_only
+
             from track2view.training.resume import RunLock, resolve_ckpt_path
 
             config = self.config_init["fit"]
             config["ckpt_path"] = resolve_ckpt_path(config.get("ckpt_path"), self.trainer)
-            if self.trainer.global_rank == 0:
+            if rank_zero_only.rank == 0:  # from the launcher's environment: the strategy sets ranks only in fit
                 _RUN_LOCKS.append(RunLock(self.trainer.default_root_dir))
 
         def before_instantiate_classes(self) -> None:
