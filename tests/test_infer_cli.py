@@ -150,8 +150,7 @@ def _bad_inputs(tmp: Path, scene: Path, tiny_wan_dir: Path, tracks_file: Path):
     np.savez(tmp / "object_tracks.npz", c2w=np.array([object()], dtype=object))
     (tmp / "dir.mp4").mkdir()
     (tmp / "exists.mp4").write_bytes(b"a user's video")
-    (tmp / "readonly").mkdir()
-    (tmp / "readonly").chmod(0o555)
+    (tmp / "a_file").write_text("not a folder")  # (a read-only folder would not stop root, who runs CI)
     traj = ["--trajectory", "arc_left"]
     oracle = ["--tracker", "oracle"]
     return {
@@ -186,7 +185,7 @@ def _bad_inputs(tmp: Path, scene: Path, tiny_wan_dir: Path, tracks_file: Path):
         "out is a directory": (["--video", good, *traj, *oracle, "--out", tmp / "dir.mp4"], "is a directory"),
         "out exists": (["--video", good, *traj, *oracle, "--out", tmp / "exists.mp4"],
                        "exists; pass --overwrite"),
-        "out not writable": (["--video", good, *traj, *oracle, "--out", tmp / "readonly" / "x.mp4"],
+        "out not writable": (["--video", good, *traj, *oracle, "--out", tmp / "a_file" / "x.mp4"],
                              "not a writable folder"),
     }
 

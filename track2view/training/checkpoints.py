@@ -87,10 +87,11 @@ def _torch_load(path: Path, map_location="cpu") -> dict:
 
 
 def load_error_reason(error: Exception) -> str:
-    """The line of a refused `torch.load` that says why (the global it refused, or the file's damage)."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(error).splitlines() if line.strip()]
-    reason = next((line for line in lines if "Unsupported global" in line or "WeightsUnpickler error" in line), None)
-    return reason or (lines[0] if lines else type(error).__name__)
+    """What a refused `torch.load` says about the file (the global it refused, or the damage), in one line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_path: str | None = None) -> Path:
