@@ -47,8 +47,8 @@ def read_shards(out):
 def test_shards_read_back(data):
     root, out = data
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"scenes": 3, "pairs": 6, "accepted": 6, "rejected": 0, "shards": 3,
-                                  "shards_written_now": 3}
+    assert manifest["counts"] == {"scenes": 3, "pairs": 6, "accepted": 6, "rejected": 0, "shards": 3}
+    assert manifest["throughput"]["pairs"] == 6 and manifest["throughput"]["pairs_per_hour_per_worker"] > 0
     samples = read_shards(out)
     assert [s["__key__"] for s in samples] == [k for sh in manifest["shards"] for k in sh["keys"]]
     with open(root / "metadata.csv", newline="") as f:
@@ -65,6 +65,9 @@ def test_shards_read_back(data):
         assert s["txt"] == captions[f"{meta['lens']}/{meta['scene']}/videos/{src}.mp4"] != ""
         tracks = PairedTracks.from_numpy(s["tracks.npz"]).validate()
         assert tuple(tracks.uv.shape) == (2, T, 128, 2)
+        # the tracker's confidence per view, track and frame (the oracle's is 1)
+        conf = s["tracks.npz"]["confidence"]
+        assert conf.shape == (2, T, 128) and conf.dtype == np.float16 and (conf == 1).all() and meta["confidence"]
         assert meta["counts"]["valid_both"] >= 16
         cams = s["cameras.npz"]
         assert cams["c2w"].shape == (2, T, 4, 4) and cams["intrinsics"].shape == (2, T, 3, 3)
@@ -74,6 +77,7 @@ def test_shards_read_back(data):
         np.testing.assert_allclose(cams["intrinsics"][0, 0], C.intrinsics_from_lens(meta["lens"], H, W), atol=1e-6)
         tracking = TrackingResult.from_arrays(s["tracking.npz"])
         assert tracking.num_frames == T and tracking.num_points == 128 and tracking.image_size == (H, W)
+        assert tracking.confidence.shape == (T, 128)
         np.testing.assert_allclose(tracking.c2w[0], np.eye(4), atol=1e-6)
         # tracking.npz (source view, original time order) reproduces the source tracks
         uv, depth = tracking.project()
@@ -232,7 +236,7 @@ def test_resume_skips_finished_shards_and_is_deterministic(data, tmp_path):
     original = {p.name: p.read_bytes() for p in tars}
     tars[1].unlink()  # an unfinished shard
     manifest = curate(root, copy, CONFIG)
-    assert manifest["counts"]["shards_written_now"] == 1
+    assert manifest["run"]["shards_written_now"] == 1 and manifest["complete"]
     assert all(p.stat().st_mtime_ns == stamps[p] for p in (tars[0], tars[2]))
     # the rewritten shard (in-process here, 2 workers before) is byte-identical: shards are a function of the index
     assert {p.name: p.read_bytes() for p in sorted(copy.glob("shard-*.tar"))} == original
@@ -253,7 +257,7 @@ def test_a_killed_run_resumed_with_other_settings_is_refused(data, tmp_path):
     sorted(copy.glob("shard-*.tar"))[-1].unlink()
     with pytest.raises(ValueError, match=r"other settings \(differing: \['num_tracks'\]"):
         curate(root, copy, CurateConfig(**{**vars(CONFIG), "num_tracks": 64}))
-    assert curate(root, copy, CONFIG)["counts"]["shards_written_now"] == 1  # the same settings resume
+    assert curate(root, copy, CONFIG)["run"]["shards_written_now"] == 1  # the same settings resume
 
 
 def _curate_cli(*args, **env):

@@ -1,7 +1,6 @@
 """Tracker interface: TrackingResult files and validation, the oracle backend, SpatialTrackerV2's adapter
-(error paths and coordinate conversions; the model itself cannot run here)."""
-
-import sys
+(error paths and coordinate conversions; the model itself cannot run here). The adapter against a stand-in
+clone of ours (track2view.testing.fake_spatialtracker.py) and the query identity check: tests/test_tracker_identity.py."""
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from track2view.synthetic.render import camera_rays, cast
 from track2view.synthetic.scene import object_poses
 from track2view.trackers import TrackingResult, available_trackers, get_tracker, parse_tracker_options
 from track2view.trackers import spatialtracker_v2 as st
+from track2view.testing.fake_spatialtracker import forget_upstream, write_fake_weights
 
 
 def make_result(T=4, N=5, seed=0):
@@ -34,6 +34,25 @@ def test_tracking_result_round_trip(tmp_path):
     with np.load(path, allow_pickle=False) as f:
         assert sorted(f.files) == ["c2w", "image_size", "intrinsics", "metric", "points_world", "visible"]
         assert f["image_size"].dtype == np.int64 and f["metric"].shape == ()
+
+
+def test_confidence_is_kept_and_optional(tmp_path):
+    r = make_result(T=4, N=5)
+    conf = np.linspace(0, 1, 20).reshape(4, 5)
+    c = TrackingResult(r.c2w, r.intrinsics, r.points_world, r.visible, True, (32, 48), confidence=conf)
+    back = TrackingResult.load(c.save(tmp_path / "c.npz"))
+    np.testing.assert_allclose(back.confidence, conf, atol=1e-7)
+    assert back.confidence.dtype == np.float32
+    # selection, reversal and re-referencing carry it along
+    np.testing.assert_array_equal(back.frames(np.arange(3, -1, -1)).confidence, back.confidence[::-1])
+    np.testing.assert_array_equal(back.points([4, 0]).confidence, back.confidence[:, [4, 0]])
+    np.testing.assert_array_equal(back.relative_to(back.c2w[1]).confidence, back.confidence)
+    # arrays written before it existed still load, without it
+    assert TrackingResult.load(r.save(tmp_path / "old.npz")).confidence is None
+    with pytest.raises(ValueError, match=r"confidence must be \[T, N\] = \(4, 5\) with values in \[0, 1\]"):
+        TrackingResult(r.c2w, r.intrinsics, r.points_world, r.visible, True, (32, 48), confidence=conf * 2)
+    with pytest.raises(ValueError, match="confidence must be"):
+        TrackingResult(r.c2w, r.intrinsics, r.points_world, r.visible, True, (32, 48), confidence=conf[:2])
 
 
 def test_tracking_result_validation(tmp_path):
@@ -95,8 +114,8 @@ def test_parse_tracker_options():
                                   "device=cuda:1", "note=a=b"]) == {
         "repo_dir": "/a/b", "track_num": 756, "visibility_threshold": 0.4, "metric": True, "device": "cuda:1",
         "note": "a=b"}
-    with pytest.raises(ValueError, match="--tracker-arg takes KEY=VALUE.*'oops'"):
-        parse_tracker_options(["repo_dir=/x", "oops"], flag="--tracker-arg")
+    with pytest.raises(ValueError, match="--tracker-option takes KEY=VALUE.*'oops'"):
+        parse_tracker_options(["repo_dir=/x", "oops"], flag="--tracker-option")
     with pytest.raises(ValueError, match="--tracker-option takes KEY=VALUE.*'=1'"):
         parse_tracker_options(["=1"])
 
@@ -117,6 +136,7 @@ def test_oracle_is_exact(scene):
     queries = np.concatenate([np.repeat([[0.0], [12.0]], 40, 0), rng.uniform(0.02, 0.98, (80, 2))], 1)
     r = get_tracker("oracle").track(video, queries, sources)
     assert r.num_frames == 18 and r.num_points == 80 and r.metric and r.image_size == (48, 64)
+    assert r.confidence.shape == (18, 80) and (r.confidence == 1).all()
     np.testing.assert_allclose(r.c2w[12], c2w_gt[1, 3], atol=1e-6)
     uv, depth = r.project()
     # a point is where it was queried, and visible there
@@ -169,6 +189,13 @@ def test_spatialtracker_missing_clone_and_weights(tmp_path):
     with pytest.raises(FileNotFoundError, match="front_weights=<local directory of Yuxihenry/SpatialTrackerV2_Front>"):
         get_tracker("spatialtracker_v2", repo_dir=str(tmp_path)).track(video, q)
     (tmp_path / "front").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"front_weights=.*front lacks \['config.json', 'model.safetensors'\]"):
+        get_tracker("spatialtracker_v2", repo_dir=str(tmp_path), front_weights=str(tmp_path / "front")).track(video, q)
+    (tmp_path / "front" / "config.json").write_text("{}")
+    (tmp_path / "front" / "pytorch_model.bin").write_bytes(b"pickled")  # never unpickled
+    with pytest.raises(FileNotFoundError, match=r"lacks \['model.safetensors'\].*pickled .bin/.pth weights are not"):
+        get_tracker("spatialtracker_v2", repo_dir=str(tmp_path), front_weights=str(tmp_path / "front")).track(video, q)
+    write_fake_weights(tmp_path / "front", {})
     with pytest.raises(FileNotFoundError, match="tracker_weights=<local directory of Yuxihenry/SpatialTrackerV2-Off"):
         get_tracker("spatialtracker_v2", repo_dir=str(tmp_path), front_weights=str(tmp_path / "front")).track(video, q)
 
@@ -180,17 +207,15 @@ def test_spatialtracker_missing_package_is_named(tmp_path):
     for d in [pkg, *pkg.parents][:5]:
         (d / "__init__.py").write_text("")
     (pkg / "vggt_moe.py").write_text("import pycolmap_not_installed_here\n")
-    (tmp_path / "front").mkdir()
-    (tmp_path / "offline").mkdir()
+    write_fake_weights(tmp_path / "front", {})
+    write_fake_weights(tmp_path / "offline", {})
     tracker = get_tracker("spatialtracker_v2", repo_dir=str(tmp_path / "clone"), front_weights=str(tmp_path / "front"),
-                          tracker_weights=str(tmp_path / "offline"))
+                          tracker_weights=str(tmp_path / "offline"), device="cpu")
     try:
         with pytest.raises(ImportError, match="missing package 'pycolmap_not_installed_here'"):
             tracker.load()
     finally:  # leave no trace of the fake clone for other tests
-        sys.path.remove(str((tmp_path / "clone").resolve()))
-        for name in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
-            del sys.modules[name]
+        forget_upstream(tmp_path / "clone")
 
 
 def test_processed_geometry_matches_reference_sizes():

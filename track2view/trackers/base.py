@@ -22,6 +22,7 @@ from track2view.cameras import invert_rigid, project, transform_points
 
 
 ARRAY_KEYS = ("c2w", "intrinsics", "points_world", "visible", "metric", "image_size")
+OPTIONAL_KEYS = ("confidence",)  # absent in files written before it existed, and for trackers without one
 
 
 @dataclass
@@ -30,7 +31,8 @@ class TrackingResult:
 
     c2w [T, 4, 4] float32 camera-to-world (OpenCV axes); intrinsics [T, 3, 3] float32 normalized;
     points_world [T, N, 3] float32; visible [T, N] bool; metric: depth in metres (else relative scale);
-    image_size (H, W) of the tracked video.
+    image_size (H, W) of the tracked video; confidence [T, N] float32 in [0, 1] or None: the tracker's own
+    per-track, per-frame confidence (SpatialTrackerV2's `conf_pred`; the oracle's is 1.0 everywhere).
     """
 
     c2w: np.ndarray
@@ -39,6 +41,7 @@ class TrackingResult:
     visible: np.ndarray
     metric: bool
     image_size: tuple[int, int]
+    confidence: np.ndarray | None = None
 
     def __post_init__(self):
         self.c2w = np.asarray(self.c2w, dtype=np.float32)
@@ -47,6 +50,8 @@ class TrackingResult:
         self.visible = np.asarray(self.visible).astype(bool)
         self.metric = bool(np.asarray(self.metric))
         self.image_size = tuple(int(v) for v in np.asarray(self.image_size).reshape(-1))
+        if self.confidence is not None:
+            self.confidence = np.asarray(self.confidence, dtype=np.float32)
         self.validate()
 
     # ---- shape --------------------------------------------------------------------------------
@@ -77,6 +82,10 @@ class TrackingResult:
             if not np.isfinite(getattr(self, name)).all():
                 raise ValueError(f"TrackingResult.{name} holds NaN or inf values; a tracker must return finite "
                                  f"values (mark untrackable points invisible instead)")
+        c = self.confidence
+        if c is not None and (c.shape != self.visible.shape or not np.isfinite(c).all() or c.min() < 0 or c.max() > 1):
+            raise ValueError(f"TrackingResult.confidence must be [T, N] = {self.visible.shape} with values in [0, 1], "
+                             f"got {c.shape}" + (f" in {c.min():.3g}..{c.max():.3g}" if c.size else ""))
         if np.abs(self.c2w[:, 3] - [0, 0, 0, 1]).max() > 1e-4:
             raise ValueError("TrackingResult.c2w rows 3 must be (0, 0, 0, 1): rigid camera-to-world transforms")
         return self
@@ -86,19 +95,23 @@ class TrackingResult:
         """Select frames along T (any numpy index: a range, a reversed array, a slice)."""
         idx = np.arange(self.num_frames)[index]
         return TrackingResult(self.c2w[idx], self.intrinsics[idx], self.points_world[idx], self.visible[idx],
-                              self.metric, self.image_size)
+                              self.metric, self.image_size, self._confidence(idx, slice(None)))
 
     def points(self, index) -> "TrackingResult":
         """Select points along N."""
         idx = np.arange(self.num_points)[index]
         return TrackingResult(self.c2w, self.intrinsics, self.points_world[:, idx], self.visible[:, idx],
-                              self.metric, self.image_size)
+                              self.metric, self.image_size, self._confidence(slice(None), idx))
+
+    def _confidence(self, frames, points) -> np.ndarray | None:
+        return None if self.confidence is None else self.confidence[frames][:, points]
 
     def relative_to(self, reference_c2w: np.ndarray) -> "TrackingResult":
         """The same result in the frame of `reference_c2w` [4, 4] (e.g. its own camera at frame 0)."""
         w2r = invert_rigid(np.asarray(reference_c2w, dtype=np.float64))
         points = transform_points(self.points_world.astype(np.float64), w2r)
-        return TrackingResult(w2r @ self.c2w, self.intrinsics, points, self.visible, self.metric, self.image_size)
+        return TrackingResult(w2r @ self.c2w, self.intrinsics, points, self.visible, self.metric, self.image_size,
+                              self.confidence)
 
     def project(self, c2w: np.ndarray | None = None, intrinsics: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -116,18 +129,23 @@ class TrackingResult:
 
     # ---- files ------------------------------------------------------------------------------------
     def to_arrays(self) -> dict:
-        return {"c2w": self.c2w, "intrinsics": self.intrinsics, "points_world": self.points_world,
-                "visible": self.visible, "metric": np.asarray(self.metric), "image_size": np.asarray(self.image_size,
-                                                                                                    dtype=np.int64)}
+        """The arrays of an npz (`confidence` only when the tracker gave one)."""
+        arrays = {"c2w": self.c2w, "intrinsics": self.intrinsics, "points_world": self.points_world,
+                  "visible": self.visible, "metric": np.asarray(self.metric),
+                  "image_size": np.asarray(self.image_size, dtype=np.int64)}
+        if self.confidence is not None:
+            arrays["confidence"] = self.confidence
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict, source: str = "tracking result") -> "TrackingResult":
         missing = [k for k in ARRAY_KEYS if k not in arrays]
         if missing:
             raise ValueError(f"{source} is missing arrays {missing}; a TrackingResult npz holds c2w, intrinsics, "
-                             f"points_world, visible, metric, image_size (see docs/architecture.md)")
+                             f"points_world, visible, metric, image_size and optionally confidence (see "
+                             f"docs/architecture.md)")
         try:
-            return cls(**{k: arrays[k] for k in ARRAY_KEYS})
+            return cls(**{k: arrays[k] for k in ARRAY_KEYS + OPTIONAL_KEYS if k in arrays})
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
 
@@ -170,7 +188,7 @@ class PointTracker(ABC):
         video [T, H, W, 3] uint8; queries [Q, 3] float rows (t, u, v) with t a frame index and (u, v)
         normalized; frame_sources: for each frame, the (video path, frame index) it was read from, or None
         (trackers that need ground truth, like the oracle, require it). Returns a TrackingResult with T
-        frames and Q points, point n answering query n.
+        frames and Q points, point n answering query n (see track2view/trackers/identity.py).
         """
 
     @staticmethod
