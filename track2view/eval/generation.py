@@ -1,0 +1,108 @@
+"""`evaluate.py generate`: re-render every clip of a manifest along its target trajectory, resumable, sharded.
+
+Each clip goes through `track2view.inference.rerender.Rerenderer` (the pipeline loaded once per process) with
+its target cameras as a pose file (relative to the source camera at frame 0, metres) and its prompt, into
+<out>/<key>/ (layout in clips.py), written as one atomic folder: a clip folder that exists is complete and is
+skipped. Shards: clip i belongs to rank i mod world_size (`--rank/--world-size`, else $RANK/$WORLD_SIZE, else
+SLURM's); each rank uses cuda:$LOCAL_RANK when no --device is given.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from track2view.eval import clips as clip_files
+from track2view.eval.errors import EvalInputError
+from track2view.eval.manifest import Manifest, read_manifest
+from track2view.io import atomic_directory, write_json
+
+CLIP_KIND = "track2view-eval-clip"
+
+
+def shard(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    env = os.environ
+    rank = rank if rank is not None else int(env.get("RANK", env.get("SLURM_PROCID", 0)))
+    world_size = world_size if world_size is not None else int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise EvalInputError(f"rank {rank} is outside world size {world_size}")
+    return rank, world_size
+
+
+def default_device(device: str | None) -> str | None:
+    if device is not None:
+        return device
+    import torch
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else None
+
+
+def _record_generation(out: Path, manifest: Manifest, settings: dict) -> None:
+    import json
+
+    path = out / clip_files.GENERATION
+    if path.is_file():
+        previous = json.loads(path.read_text()).get("manifest_fingerprint")
+        if previous != manifest.fingerprint():
+            raise EvalInputError(f"--out {out} holds clips generated from another manifest; choose a new folder")
+        return
+    write_json(path, {"manifest_fingerprint": manifest.fingerprint(), "benchmark": manifest.benchmark, **settings})
+
+
+def render_clip(rerenderer, request_options: dict, manifest: Manifest, entry, out: Path, root=None) -> Path:
+    """Re-render one clip into <out>/<key>/ (atomically); returns the folder."""
+    from track2view.inference.rerender import InputError, RerenderRequest
+    from track2view.inference.trajectories import TrajectoryError, save_poses
+
+    with atomic_directory(out / entry.key, CLIP_KIND) as folder:
+        save_poses(folder / clip_files.POSES, entry.target_c2w)
+        request = RerenderRequest(video=str(manifest.video_path(entry.source_video, root)),
+                                  out=str(folder / clip_files.VIDEO), poses=[str(folder / clip_files.POSES)],
+                                  prompt=entry.prompt, num_frames=manifest.num_frames, save_tracks=True,
+                                  **request_options)
+        try:
+            written = rerenderer.render(request)
+        except (InputError, TrajectoryError) as e:
+            raise EvalInputError(f"clip {entry.key}: {e}") from None
+        tracks = [p for p in written if p.suffix == ".npz"]
+        if tracks:
+            os.replace(tracks[0], folder / clip_files.TRACKS)
+        write_json(folder / clip_files.RECORD, entry.to_json())
+    return out / entry.key
+
+
+def generate(manifest: Manifest, out, rerenderer, request_options: dict, rank: int = 0, world_size: int = 1,
+             root=None, settings: dict | None = None, progress: bool = True) -> list[Path]:
+    """Generate this rank's clips of `manifest` that are not in `out` yet; returns their folders."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _record_generation(out, manifest, settings or {})
+    mine = manifest.clips[rank::world_size]
+    todo = [c for c in mine if not (out / c.key / clip_files.RECORD).is_file()]
+    for entry in todo:
+        source = manifest.video_path(entry.source_video, root)
+        if not source.is_file():
+            raise EvalInputError(f"source video of clip {entry.key} not found: {source} (pass --root)")
+    bar = tqdm(todo, desc=f"generate {rank}/{world_size}", unit="clip", disable=None if progress else True)
+    return [render_clip(rerenderer, request_options, manifest, entry, out, root) for entry in bar]
+
+
+def generate_from_args(a) -> list[Path]:
+    """evaluate.py generate's options -> `generate`."""
+    from track2view.inference.rerender import InputError, Rerenderer
+
+    manifest = read_manifest(a.manifest)
+    rank, world_size = shard(a.rank, a.world_size)
+    options = dict(tracker=a.tracker, tracker_options=a.tracker_option, steps=a.steps, guidance=a.guidance,
+                   seed=a.seed, height=a.height, width=a.width)
+    if a.num_queries:
+        options["num_queries"] = a.num_queries
+    try:
+        rerenderer = Rerenderer(a.model, a.checkpoint, device=default_device(a.device), dtype=a.dtype)
+    except InputError as e:
+        raise EvalInputError(str(e)) from None
+    settings = {"model": str(a.model), "checkpoint": a.checkpoint, **{k: v for k, v in options.items()
+                                                                       if k != "tracker_options"}}
+    return generate(manifest, a.out, rerenderer, options, rank, world_size, a.root, settings)
