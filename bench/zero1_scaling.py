@@ -177,7 +177,7 @@ def check_checkpoint(trainer, module, root: Path) -> dict:
         frozen_saved = [k for k in loaded["state_dict"] if k not in trainable]
         max_diff = max(float((loaded["state_dict"][n].float().cpu() - p.detach().float().cpu()).abs().max())
                        for n, p in trainable.items() if n in loaded["state_dict"])
-        out.update(dir_mb=round(size / 2**20, 1), tmp_left=(path.with_name(path.name + ".tmp")).exists(),
+        out.update(dir_mb=round(size / 2**20, 1), tmp_left=any(p.name.startswith(f".{path.name}.tmp") for p in path.parent.iterdir()),
                    trainable_saved=sum(n in loaded["state_dict"] for n in trainable), trainable=len(trainable),
                    frozen_saved=len(frozen_saved), max_abs_diff=max_diff, global_step=loaded["global_step"])
         try:

@@ -63,13 +63,14 @@ def prepare(root: Path, out: Path, config: CurateConfig):
     # written before the first shard (not only in the manifest at the end), so that a run killed mid-way and
     # resumed with other settings is refused instead of mixing shards
     path = out / SETTINGS
-    if path.is_file():
+    jobs = plan_shards(pairs, config.samples_per_shard)
+    if path.is_file() and any(is_shard_done(out, j.index) for j in jobs):  # a run that wrote no shard binds nothing
         previous = json.loads(path.read_text())
         if previous != settings:
             changed = sorted(k for k in settings.keys() | previous.keys() if previous.get(k) != settings.get(k))
             raise ValueError(f"{out} holds shards curated with other settings (differing: {changed}); shards are "
                              f"resumed only with identical settings. Use another --out or delete {out}")
-    return pairs, plan_shards(pairs, config.samples_per_shard), settings
+    return pairs, jobs, settings
 
 
 def _run_shards(todo: list, args: tuple, workers: int):
@@ -91,7 +92,11 @@ def curate(root: str | os.PathLike, out: str | os.PathLike, config: CurateConfig
     call's rank, shards and throughput."""
     root, out = Path(root), Path(out)
     pairs, jobs, settings = prepare(root, out, config)
-    make_tracker(config)  # fail on an unknown tracker or option before anything is written
+    try:  # fail on an unknown tracker, a missing clone or a bad option before anything is written
+        make_tracker(config).check_setup()
+    except (RuntimeError, ImportError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"tracker {config.tracker!r}: {first} (tracker options: --tracker-option KEY=VALUE)") from e
     mine = shards_of_rank(jobs, rank, world_size)
     todo = [j for j in mine if not is_shard_done(out, j.index)]
     write_json(out / SETTINGS, settings)
@@ -181,7 +186,12 @@ def main(argv=None) -> int:
                   f"{Path(a.out) / MANIFEST}", flush=True)
             return 0
         rank, world_size = resolve_rank(a.rank, a.world_size)
-        curate(a.root, a.out, config, workers=a.workers, verbose=True, rank=rank, world_size=world_size)
+        if a.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {a.workers}")
+        result = curate(a.root, a.out, config, workers=a.workers, verbose=True, rank=rank, world_size=world_size)
+        if result["complete"] and result["counts"]["accepted"] == 0:
+            raise ValueError(f"every pair was rejected: 0 samples in {a.out}; the reasons are in "
+                             f"{Path(a.out) / MANIFEST} ('rejected')")
     except (ValueError, OSError) as e:  # bad input: one line, not a traceback
         return report_bad_input(e)
     return 0

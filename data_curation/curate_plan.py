@@ -32,8 +32,22 @@ class CurateConfig:
     min_valid_tracks: int = 64         # tracks valid in both views at least once
 
     def check(self) -> "CurateConfig":
-        if self.samples_per_shard < 1 or self.num_tracks < 2 or self.pairs_per_scene < 1:
-            raise ValueError("need --samples-per-shard >= 1, --num-tracks >= 2 and --pairs-per-scene >= 1")
+        """Raise ValueError naming the first value that cannot work (before any scene is read)."""
+        from track2view.trackers.queries import MAX_QUERIES
+
+        problems = [(self.samples_per_shard < 1, f"--samples-per-shard must be >= 1, got {self.samples_per_shard}"),
+                    (self.pairs_per_scene < 1, f"--pairs-per-scene must be >= 1, got {self.pairs_per_scene}"),
+                    (not 2 <= self.num_tracks <= MAX_QUERIES,
+                     f"--num-tracks must be in [2, {MAX_QUERIES}] (more only exhausts the tracker's memory), got "
+                     f"{self.num_tracks}"),
+                    (self.num_frames is not None and self.num_frames < 5,
+                     f"--num-frames must be >= 5 (leave it out to take the cameras file's count), got {self.num_frames}"),
+                    (self.min_valid_tracks < 1, f"--min-valid-tracks must be >= 1, got {self.min_valid_tracks}"),
+                    (not self.first_frame_tolerance >= 0,
+                     f"--first-frame-tolerance must be >= 0 (0..255 levels), got {self.first_frame_tolerance}")]
+        for bad, message in problems:
+            if bad:
+                raise ValueError(message)
         return self
 
 

@@ -9,12 +9,17 @@ cropped to --height x --width, and encoded separately by the Wan VAE; the captio
 intrinsics are cut to the same frames and mapped to the cropped frame (points cropped away become invalid);
 `tracking.npz` is passed through unchanged (it describes the original source video).
 
-Resumable: an output shard is written atomically and an existing one is skipped. Shard i goes to rank
-i % world_size (one process per GPU: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK, or pass --rank/--world-size).
-Counts go to OUT/manifest.d/<shard>.json and are summed into OUT/manifest.json; a sample that cannot be used
-(undecodable video, too short, non-finite latents, an encoder error on its batch) is skipped and counted there
-with its reason. Bad input (missing --shards, other settings in --out) prints one line `error: ...` and exits
-with 2; T2V_TRACEBACK=1 shows the traceback.
+Resumable: an output shard is written atomically and an existing one is skipped; the temporaries a killed run
+left (`.shard-*.tar.tmp*`) are removed at start. Shard i goes to rank i % world_size (one process per GPU:
+torchrun sets RANK/WORLD_SIZE/LOCAL_RANK, or pass --rank/--world-size). Counts go to OUT/manifest.d/<shard>.json
+and are summed into OUT/manifest.json; a sample that cannot be used (undecodable video, too short, non-finite
+latents, an encoder error on its batch, a duplicate key) is skipped and counted there with its reason.
+An input shard that cannot be read to its end (truncated, corrupt, an I/O error) is not written at all: its
+record says `failed` with the error and the samples lost (all of the shard's: the number its curation manifest
+gives, else those found), the other shards go on, and the run exits with 1 (`error: ...`); a re-run retries it.
+The output tars are byte-reproducible (fixed mtime, owner and order). Bad input (missing --shards, an --out
+that is or holds an input, a value out of range, other settings in --out) prints one line `error: ...` and
+exits with 2; T2V_TRACEBACK=1 shows the traceback.
 """
 
 from __future__ import annotations
@@ -34,15 +39,21 @@ import webdataset as wds
 
 from track2view.data import schema
 from track2view.data.latents import CenterCrop, encode_prompt, encode_video, resize_and_crop
-from track2view.data.loader import read_tar, resolve_shards
+from track2view.data.shards import manifest_counts, resolve_shards
+from track2view.data.tars import ShardReadError, local_path, read_tar, scan_tar
 from track2view.dtypes import DTYPES
 from track2view.errors import report_bad_input
-from track2view.io import VideoError, atomic_path, read_video, write_json
+from track2view.io import VideoError, atomic_path, check_disjoint, read_video, remove_stale_temps, write_json
 from track2view.tracks import PairedTracks
 from track2view.video_size import video_size_problem
 
 log = logging.getLogger("precompute")
-CONFIG_KEYS = ("height", "width", "num_frames", "model", "max_text_len")
+CONFIG_KEYS = ("height", "width", "num_frames", "model", "max_text_len", "dtype", "vae_dtype", "keep_videos")
+TAR_MTIME = 0  # every member's mtime: the tars are a function of their content alone
+
+
+class ShardsFailed(RuntimeError):
+    """Input shards that could not be read to their end (their outputs were not written)."""
 
 
 class SkipSample(ValueError):
@@ -69,17 +80,41 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-videos", action="store_true", help="also copy source.mp4/target.mp4 into the output")
     p.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     p.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
-    a = p.parse_args(argv)
-    problem = video_size_problem(a.height, a.width, a.num_frames, names=("--height", "--width", "--num-frames"))
-    if problem:
-        p.error(problem)
-    if not 0 <= a.rank < a.world_size:
-        p.error(f"--rank {a.rank} must be in [0, --world-size {a.world_size})")
-    for sub in ("vae", "text_encoder", "tokenizer"):
-        if not (a.model / sub).is_dir():
-            p.error(f"{a.model}/{sub} not found: --model must be a diffusers Wan-2.1 directory, e.g. "
-                    f"Wan-AI/Wan2.1-T2V-1.3B-Diffusers downloaded with `huggingface-cli download`")
-    return a
+    p.add_argument("--allow-pipe-urls", action="store_true",
+                   help="allow pipe: shard URLs (webdataset runs them as shell commands); refused otherwise")
+    return p.parse_args(argv)
+
+
+def check_args(a) -> None:
+    """Raise ValueError naming the first value out of range (before any output is written)."""
+    problems = [video_size_problem(a.height, a.width, a.num_frames, names=("--height", "--width", "--num-frames")),
+                a.batch_size < 1 and f"--batch-size {a.batch_size} must be >= 1",
+                a.max_text_len < 1 and f"--max-text-len {a.max_text_len} must be >= 1 (Wan: 512)",
+                a.world_size < 1 and f"--world-size {a.world_size} must be >= 1",
+                not 0 <= a.rank < max(a.world_size, 1) and f"--rank {a.rank} must be in [0, --world-size "
+                                                            f"{a.world_size})",
+                _device_problem(a.device)]
+    problems += [f"{a.model}/{sub} not found: --model must be a diffusers Wan-2.1 directory, e.g. "
+                 f"Wan-AI/Wan2.1-T2V-1.3B-Diffusers downloaded with `huggingface-cli download`"
+                 for sub in ("vae", "text_encoder", "tokenizer") if not (a.model / sub).is_dir()]
+    problems = [m for m in problems if m]
+    if problems:
+        raise ValueError(problems[0])
+
+
+def _device_problem(device: str) -> str | None:
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"--device {device!r} is not a device; use cpu, cuda or cuda:N"
+    if d.type not in ("cpu", "cuda"):
+        return f"--device {device!r}: precompute runs on cpu or cuda"
+    if d.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        return f"--device {device}: {why} on this machine; use --device cpu (slow) or run it on a GPU machine"
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices"
+    return None
 
 
 # ---- one sample -----------------------------------------------------------------------------------------
@@ -112,8 +147,11 @@ def prepare_sample(s: dict, args) -> tuple[np.ndarray, np.ndarray, dict]:
     tracks = tracks.frames(torch.arange(t))
     uv = torch.stack([crop.apply_uv(tracks.uv[v]) for v, crop in enumerate(crops)])
     tracks = PairedTracks.from_projections(uv, tracks.depth, visible=tracks.valid)
+    arrays = tracks.to_numpy()
+    if "confidence" in s[schema.TRACKS]:  # the tracker's confidence [2, T, N], cut to the same frames
+        arrays["confidence"] = np.asarray(s[schema.TRACKS]["confidence"])[:, :t]
 
-    out = {"__key__": key, schema.TRACKS: schema.encode_npz(tracks.to_numpy()),
+    out = {"__key__": key, schema.TRACKS: schema.encode_npz(arrays),
            schema.CAPTION: s.get(schema.CAPTION, "").encode()}
     if schema.CAMERAS in s:
         cams = s[schema.CAMERAS]
@@ -137,15 +175,6 @@ def prepare_sample(s: dict, args) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 # ---- one shard ------------------------------------------------------------------------------------------
-def read_shard(url: str, errors: list):
-    """Raw samples of a stage-1 shard (loader.read_tar); a read error ends the shard and is appended to `errors`."""
-    try:
-        yield from read_tar(url)
-    except Exception as e:
-        errors.append(f"{type(e).__name__}: {e}")
-        log.warning("shard %s is unreadable after the samples read so far: %r", url, e)
-
-
 def _finite_fp16(name: str, key: str, x: torch.Tensor) -> np.ndarray:
     a = x.float().cpu().numpy().astype(np.float16)
     if not np.isfinite(a).all():
@@ -182,46 +211,69 @@ def encode_batch(batch: list, models: dict, args) -> list[dict | SkipSample]:
 
 
 def process_shard(url: str, out_path: Path, models: dict, args) -> dict:
-    """Convert one shard; write it (atomically) with its manifest record; return the record."""
-    record = {"shard": out_path.name, "input": url, "samples": 0, "skipped": Counter(), "skipped_keys": [],
-              "error": None}
-    errors, pending = [], []
-    with atomic_path(out_path) as tmp_out:
-        with wds.TarWriter(str(tmp_out), encoder=False) as writer:
-            def skip(key: str, e: Exception):
-                reason = getattr(e, "reason", "decode_error")
-                record["skipped"][reason] += 1
-                record["skipped_keys"].append([key, reason])
-                log.warning("skipped sample (%s): %s", reason, e)
+    """Convert one shard; write it (atomically) with its manifest record; return the record. An input that cannot
+    be read to its end is not written: the record says `failed`, with the error and the samples lost."""
+    record = {"shard": out_path.name, "input": url, "read": 0, "samples": 0, "skipped": Counter(),
+              "skipped_keys": [], "error": None}
+    scan = scan_tar(url, args.allow_pipe_urls) if local_path(url) is not None else None
+    try:
+        if scan is not None and scan.error:  # found by the header walk before any encoding work
+            raise ShardReadError(f"{url}: {scan.error}")
+        with atomic_path(out_path) as tmp_out:
+            _convert(url, tmp_out, models, args, record)
+            record["skipped"] = dict(record["skipped"])
+            # the record goes first, the shard is renamed into place after it: an existing shard implies its record
+            write_json(args.out / "manifest.d" / f"{out_path.name}.json", record, sort_keys=True)
+        return record
+    except ShardReadError as e:
+        read = len(scan.samples) + bool(scan.partial) if scan is not None else record["read"] + 1  # + the cut one
+        expected = manifest_counts([url]).get(url)
+        failed = {"shard": out_path.name, "input": url, "failed": True, "error": str(e), "expected": expected,
+                  "lost": expected if expected is not None else read}
+        log.error("%s is not written: its input cannot be read to the end (%s); %d samples lost", out_path.name, e,
+                  failed["lost"])
+        write_json(args.out / "manifest.d" / f"{out_path.name}.json", failed, sort_keys=True)
+        return failed
 
-            def flush():
-                try:
-                    encoded = encode_batch(pending, models, args)
-                except (RuntimeError, ValueError) as e:  # e.g. CUDA out of memory: skip the batch, not the run
-                    encoded = [SkipSample("encode_error", f"{m['__key__']}: encoder failed on its batch: {e!r}")
-                               for _, _, m in pending]
-                for (_, _, members), sample in zip(pending, encoded):
-                    if isinstance(sample, SkipSample):
-                        skip(members["__key__"], sample)
-                    else:
-                        writer.write(sample)
-                        record["samples"] += 1
-                pending.clear()
 
-            for raw in read_shard(url, errors):
-                try:
-                    pending.append(prepare_sample(schema.decode_sample(raw), args))
-                except (SkipSample, ValueError) as e:
-                    skip(raw["__key__"], e)
-                if len(pending) >= args.batch_size:
-                    flush()
-            if pending:
+def _convert(url: str, tmp_out: Path, models: dict, args, record: dict) -> None:
+    """Encode the samples of input shard `url` into the tar `tmp_out`, counting skips in `record`; ShardReadError
+    when the input breaks off (the caller then discards `tmp_out`)."""
+    pending, duplicates = [], []
+
+    def skip(key: str, e: Exception):
+        reason = getattr(e, "reason", "decode_error")
+        record["skipped"][reason] += 1
+        record["skipped_keys"].append([key, reason])
+        log.warning("skipped sample (%s): %s", reason, e)
+
+    with wds.TarWriter(str(tmp_out), encoder=False, mtime=TAR_MTIME) as writer:
+        def flush():
+            try:
+                encoded = encode_batch(pending, models, args)
+            except (RuntimeError, ValueError) as e:  # e.g. CUDA out of memory: skip the batch, not the run
+                encoded = [SkipSample("encode_error", f"{m['__key__']}: encoder failed on its batch: {e!r}")
+                           for _, _, m in pending]
+            for (_, _, members), sample in zip(pending, encoded):
+                if isinstance(sample, SkipSample):
+                    skip(members["__key__"], sample)
+                else:
+                    writer.write(sample)
+                    record["samples"] += 1
+            pending.clear()
+
+        for raw in read_tar(url, allow_pipe_urls=args.allow_pipe_urls, duplicates=duplicates):
+            record["read"] += 1
+            try:
+                pending.append(prepare_sample(schema.decode_sample(raw), args))
+            except (SkipSample, ValueError) as e:
+                skip(raw["__key__"], e)
+            if len(pending) >= args.batch_size:
                 flush()
-        record["error"] = errors[0] if errors else None
-        record["skipped"] = dict(record["skipped"])
-        # the record goes first, the shard is renamed into place after it: an existing shard implies its record
-        write_json(args.out / "manifest.d" / f"{out_path.name}.json", record, sort_keys=True)
-    return record
+        if pending:
+            flush()
+    for name in duplicates:
+        skip(name, SkipSample("duplicate_key", f"{url}: {name} is a duplicate (its first occurrence is kept)"))
 
 
 # ---- driver ---------------------------------------------------------------------------------------------
@@ -244,12 +296,15 @@ def check_config(args) -> None:
 def write_manifest(out: Path) -> dict:
     """Sum all per-shard records into OUT/manifest.json (any rank may call it; the last one is complete)."""
     records = [json.loads(p.read_text()) for p in sorted((out / "manifest.d").glob("*.json"))]
-    records = [r for r in records if (out / r["shard"]).exists()]
+    failed = {r["shard"]: {"error": r["error"], "lost": r["lost"]} for r in records
+              if r.get("failed") and not (out / r["shard"]).exists()}
+    records = [r for r in records if not r.get("failed") and (out / r["shard"]).exists()]
     skipped = Counter()
     for r in records:
         skipped.update(r["skipped"])
     manifest = {"shards": len(records), "samples": sum(r["samples"] for r in records), "skipped": dict(skipped),
                 "shard_errors": {r["shard"]: r["error"] for r in records if r["error"]},
+                "failed_shards": failed, "lost_samples": sum(f["lost"] for f in failed.values()),
                 "config": json.loads((out / "precompute.json").read_text()),
                 "per_shard": {r["shard"]: {"samples": r["samples"], "skipped": r["skipped"]} for r in records}}
     write_json(out / "manifest.json", manifest, sort_keys=True)
@@ -270,23 +325,45 @@ def load_models(args) -> dict:
 
 
 def run(args) -> dict:
-    urls = resolve_shards(args.shards)
+    check_args(args)
+    urls = resolve_shards(args.shards, allow_pipe_urls=args.allow_pipe_urls)
+    check_disjoint([local_path(u) for u in urls if local_path(u) is not None], args.out, "--shards", "--out")
+    check_disjoint([args.model], args.out, "--model", "--out")
     names = [Path(u).name for u in urls]
     if len(set(names)) != len(names):
         raise ValueError("input shards have duplicate file names; give shards with unique names")
     args.out.mkdir(parents=True, exist_ok=True)
     check_config(args)
     mine = [(u, args.out / n) for i, (u, n) in enumerate(zip(urls, names)) if i % args.world_size == args.rank]
+    _remove_stale_temps(args.out, [o.name for _, o in mine])
     todo = [(u, o) for u, o in mine if not o.exists()]
     log.info("rank %d/%d: %d shards, %d done already, %d to do", args.rank, args.world_size, len(mine),
              len(mine) - len(todo), len(todo))
     models = load_models(args) if todo else None
+    failed = []
     for url, out_path in todo:
         start = time.time()
         record = process_shard(url, out_path, models, args)
-        print(json.dumps({"shard": record["shard"], "samples": record["samples"], "skipped": record["skipped"],
-                          "error": record["error"], "seconds": round(time.time() - start, 1)}), flush=True)
-    return write_manifest(args.out)
+        failed += [record] if record.get("failed") else []
+        print(json.dumps({"shard": record["shard"], "samples": record.get("samples", 0), "skipped":
+                          record.get("skipped", {}), "error": record["error"], "failed": bool(record.get("failed")),
+                          "seconds": round(time.time() - start, 1)}), flush=True)
+    manifest = write_manifest(args.out)
+    if failed:
+        raise ShardsFailed(f"{len(failed)} input shards could not be read to the end and were not written "
+                           f"({'; '.join(r['error'] for r in failed[:3])}); {sum(r['lost'] for r in failed)} samples "
+                           f"lost (see {args.out / 'manifest.json'}): repair or re-curate them and re-run, the "
+                           f"finished shards are kept")
+    return manifest
+
+
+def _remove_stale_temps(out: Path, shards: list[str]) -> None:
+    """Temporaries of killed writers: of this rank's shards and records (no other process writes them), and of the
+    shared manifest files once they are a minute old (a live writer renames its own within milliseconds)."""
+    removed = remove_stale_temps(out, shards) + remove_stale_temps(out / "manifest.d", [f"{n}.json" for n in shards])
+    removed += remove_stale_temps(out, ["manifest.json", "precompute.json"], min_age_s=60)
+    if removed:
+        log.info("removed %d temporary files of killed runs: %s", len(removed), [p.name for p in removed[:5]])
 
 
 def main(argv=None) -> int:
@@ -294,6 +371,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         manifest = run(args)
+    except ShardsFailed as e:  # the run did its work, but not all of it
+        if os.environ.get("T2V_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as e:  # bad input: one line, not a traceback
         return report_bad_input(e)
     print(json.dumps({k: manifest[k] for k in ("shards", "samples", "skipped", "shard_errors")}), flush=True)

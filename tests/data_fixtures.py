@@ -7,6 +7,7 @@ webdataset's TarWriter. Corruptions used by the loader tests live here too.
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import tarfile
 import tempfile
@@ -109,6 +110,18 @@ def write_stage2_shards(root, num_shards: int = 2, per_shard: int = 3, **kw) -> 
                          for j in range(per_shard)]) for i in range(num_shards)]
 
 
+def write_manifest(root, counts: dict[str, int], kind: str = "latents") -> Path:
+    """A manifest.json saying how many samples each shard holds, as precompute ("latents": per_shard) or curation
+    ("curation": shards) writes it."""
+    if kind == "latents":
+        manifest = {"per_shard": {name: {"samples": n, "skipped": {}} for name, n in counts.items()}}
+    else:
+        manifest = {"shards": [{"name": name, "samples": n} for name, n in counts.items()]}
+    path = Path(root) / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
 def read_shard(path) -> list[dict]:
     """All samples of a shard as {key: {member: bytes}} order-preserving list (plain tarfile, for checks)."""
     samples = {}
@@ -120,6 +133,27 @@ def read_shard(path) -> list[dict]:
 
 
 # ---- corruptions -------------------------------------------------------------------------------------------
+def write_raw_tar(path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar of exactly these (name, bytes) members in this order (duplicates included, as TarWriter cannot)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return Path(path)
+
+
+def sample_members(sample: dict) -> list[tuple[str, bytes]]:
+    """A sample dict as the (name, bytes) members a shard holds, in TarWriter's order."""
+    return [(f"{sample['__key__']}.{k}", v) for k, v in sorted(sample.items()) if not k.startswith("__")]
+
+
+def member_offset(path, name: str) -> int:
+    """The byte at which member `name`'s header starts in tar `path`."""
+    with tarfile.open(path) as tar:
+        return tar.getmember(name).offset
+
+
 def truncate_in_member(path, key: str, member: str) -> Path:
     """Cut the tar file in the middle of `key.member`'s data (as an interrupted copy would)."""
     with tarfile.open(path) as tar:

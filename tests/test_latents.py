@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_fixtures import (pickle_payload, read_shard, stage1_sample, truncate_in_member, write_shard,
+from data_fixtures import (pickle_payload, read_shard, stage1_sample, truncate_in_member, write_manifest, write_shard,
                            write_stage1_shards)
 from track2view.data import schema
 from track2view.data.latents import CenterCrop, encode_prompt, encode_video, resize_and_crop
@@ -156,18 +156,36 @@ def test_precompute_splits_shards_over_ranks_and_keeps_videos(tmp_path, tiny_wan
     assert schema.SOURCE_VIDEO in read_shard(tmp_path / "out" / "shard-000001.tar")[0]
 
 
-def test_precompute_keeps_what_a_broken_shard_holds_and_never_unpickles(tmp_path, tiny_wan_dir):
-    marker = tmp_path / "pwned"
-    good = stage1_sample("f24-scene0-cam01-cam02", num_frames=9, height=32, width=32, seed=0)
+def test_precompute_never_writes_a_broken_shard_counts_its_samples_and_never_unpickles(tmp_path, tiny_wan_dir,
+                                                                                        capsys):
+    """Issue 15 item 3: an input shard that breaks off is not written under its final name nor marked done, the run
+    exits 1 with one line, its samples are counted as lost (3, from the curation manifest: not 1 per shard), and a
+    re-run after the repair writes it."""
+    marker, kw = tmp_path / "pwned", dict(num_frames=9, height=32, width=32)
+    good = stage1_sample("f24-scene0-cam01-cam02", seed=0, **kw)
     good["evil.pyd"] = pickle_payload(marker)
-    lost = stage1_sample("f24-scene0-cam01-cam03", num_frames=9, height=32, width=32, seed=1)
-    truncate_in_member(write_shard(tmp_path / "in" / "shard-000000.tar", [good, lost]), lost["__key__"],
+    write_shard(tmp_path / "in" / "shard-000000.tar", [good])
+    broken = [stage1_sample(f"f24-scene1-cam01-cam{j + 2:02d}", seed=j + 1, **kw) for j in range(3)]
+    truncate_in_member(write_shard(tmp_path / "in" / "shard-000001.tar", broken), broken[1]["__key__"],
                        schema.TARGET_VIDEO)
+    write_manifest(tmp_path / "in", {"shard-000000.tar": 1, "shard-000001.tar": 3}, kind="curation")
+    capsys.readouterr()
+    _precompute(tmp_path, tiny_wan_dir, status=1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: 1 input shards could not be read to the end") and "3 samples lost" in err[-1]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".tar" or ".tmp" in p.name) == ["shard-000000.tar"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["shards"], manifest["samples"], manifest["lost_samples"]) == (1, 1, 3)
+    assert manifest["failed_shards"]["shard-000001.tar"]["lost"] == 3
+    (sample,) = read_shard(out / "shard-000000.tar")
+    assert sample["__key__"] == good["__key__"] and "evil.pyd" not in sample and not marker.exists()
+
+    _precompute(tmp_path, tiny_wan_dir, status=1)  # not marked done: retried, and still broken
+    write_shard(tmp_path / "in" / "shard-000001.tar", broken)  # repaired
     manifest = _precompute(tmp_path, tiny_wan_dir)
-    assert manifest["samples"] == 1 and "shard-000000.tar" in manifest["shard_errors"]
-    (out,) = read_shard(tmp_path / "out" / "shard-000000.tar")
-    assert out["__key__"] == good["__key__"] and "evil.pyd" not in out
-    assert not marker.exists()
+    assert (manifest["shards"], manifest["samples"], manifest["lost_samples"]) == (2, 4, 0)
+    assert manifest["failed_shards"] == {}
 
 
 def test_a_sample_the_encoder_fails_on_is_skipped_and_counted_not_the_run(tmp_path, tiny_wan_dir, monkeypatch):

@@ -164,7 +164,16 @@ def test_command_line(tmp_path):
 
 
 def test_cli_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="cameras >= 2"):
+    with pytest.raises(ValueError, match="--cameras 1 must be in"):
         generate(tmp_path, scenes=1, cameras=1)
     with pytest.raises(ValueError, match="must be even"):
         generate(tmp_path, scenes=1, cameras=2, height=47)
+    with pytest.raises(ValueError, match="image size 16x0"):  # --width 0 is a width, not "unset"
+        generate(tmp_path, scenes=1, cameras=2, height=16, width=0)
+    assert list(tmp_path.iterdir()) == []
+    # the command line: one line, exit status 2 (tests/test_reliability_data.py tries every value check)
+    r = subprocess.run([sys.executable, "-m", "track2view.synthetic", "--out", str(tmp_path), "--scenes", "1",
+                        "--supersample", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "python -m track2view.synthetic: error: --supersample 0 must be >= 1 (rays per pixel side) "
+        "(T2V_TRACEBACK=1 shows the traceback)"], r.stderr

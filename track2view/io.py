@@ -12,7 +12,9 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
+import time
 import uuid
 from fractions import Fraction
 from pathlib import Path
@@ -40,6 +42,53 @@ def atomic_path(path: str | os.PathLike):
 
 def _unique() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)\d+-[0-9a-f]{8}")  # what _unique() names (atomic_path, ...)
+
+
+def remove_stale_temps(directory: str | os.PathLike, names=None, min_age_s: float = 0.0) -> list[Path]:
+    """Remove the temporaries that killed writers of `atomic_path` / `atomic_directory` / `replace_directory`
+    left in `directory` (`.NAME.tmpPID-RANDOM...`, `.NAME.oldPID-RANDOM`); return what was removed.
+
+    names: only the temporaries of these output names (e.g. the shards this process alone writes), so that a
+    live writer of another name is never disturbed; None: all. min_age_s: only those untouched for that long (for
+    outputs that several processes may write). Files and directories of other names are never touched.
+    """
+    directory, wanted = Path(directory), None if names is None else set(names)
+    if not directory.is_dir():
+        return []
+    removed, now = [], time.time()
+    for entry in directory.iterdir():
+        m = _TEMP.match(entry.name)
+        if not m or (wanted is not None and m["name"] not in wanted):
+            continue
+        try:
+            if now - entry.lstat().st_mtime < min_age_s:
+                continue
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed.append(entry)
+        except FileNotFoundError:  # its writer finished (or another cleaner was first)
+            continue
+    return removed
+
+
+def check_disjoint(inputs, output: str | os.PathLike, input_what: str = "the input",
+                   output_what: str = "the output") -> None:
+    """Raise ValueError when the output directory is an input's directory, lies inside one or holds one (symlinks
+    resolved), so that a command never writes over or among what it reads.
+
+    inputs: the input paths (files or directories); a file stands for its directory.
+    """
+    out = Path(output).resolve()
+    for item in inputs:
+        path = Path(item).resolve()
+        root = path if path.is_dir() else path.parent
+        if out == root or root in out.parents or out in root.parents:
+            relation = "is" if out == root else "lies inside" if root in out.parents else "holds"
+            raise ValueError(f"{output_what} {output} {relation} the directory of {input_what} ({root}); it would "
+                             f"write over or among what it reads: give {output_what} that is neither {root} nor "
+                             f"inside or above it")
 
 
 OUTPUT_MARKER = ".track2view-output"  # names the kind of output a directory is: only such a directory is replaced

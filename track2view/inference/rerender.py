@@ -20,11 +20,10 @@ import numpy as np
 
 from track2view.inference.trajectories import Trajectory, load_poses, make_trajectory, resolve_name, scene_scale
 from track2view.model.export import ExportInfo
-from track2view.trackers.queries import DEFAULT_NUM_QUERIES
+from track2view.trackers.queries import DEFAULT_NUM_QUERIES, MAX_QUERIES
 from track2view.video_size import video_size_problem
 
 CAMERA_KINDS = ("tracks", "camera")  # the kinds that take a target trajectory (and so need the source's tracks)
-MAX_QUERIES = 65536  # tracker queries: 57x the model's 1152; more would only exhaust memory in the tracker
 
 
 class InputError(ValueError):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from track2view.cameras import write_multicam_cameras
-from track2view.io import atomic_path, write_json, write_video
+from track2view.io import atomic_path, remove_stale_temps, write_json, write_video
 from track2view.synthetic.render import render
 from track2view.synthetic.scene import scene_cameras
 
@@ -36,8 +36,11 @@ def is_complete(path: str | os.PathLike) -> bool:
 
 
 def write_scene(root: str | os.PathLike, spec: dict, supersample: int = 2, crf: int = 18) -> Path:
-    """Render every camera of `spec` and write the scene directory (see the module docstring)."""
+    """Render every camera of `spec` and write the scene directory (see the module docstring); first remove the
+    temporaries a killed writer of this scene left (one process writes a scene)."""
     out = scene_dir(root, spec)
+    for sub in ("videos", "cameras", GROUND_TRUTH_DIR):
+        remove_stale_temps(out / sub)
     names, c2w, K = scene_cameras(spec)
     for name, cam in zip(names, c2w):
         frames, _ = render(spec, cam, K, supersample=supersample)

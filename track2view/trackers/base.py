@@ -180,6 +180,10 @@ class PointTracker(ABC):
 
     name: str = "tracker"
 
+    def check_setup(self) -> None:
+        """Raise (naming the fix) when the backend cannot run here (missing clone, weights, device); cheap: called
+        before any work, so that a long job fails at once rather than in its first worker."""
+
     @abstractmethod
     def track(self, video: np.ndarray, queries: np.ndarray, frame_sources: FrameSources | None = None
               ) -> TrackingResult:

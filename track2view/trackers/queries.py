@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 DEFAULT_NUM_QUERIES = 1152
+MAX_QUERIES = 65536  # 57x the model's 1152: more would only exhaust a tracker's memory
 QUERY_SAMPLINGS = ("grid", "random")
 
 

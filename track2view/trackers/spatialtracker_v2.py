@@ -61,6 +61,14 @@ class SpatialTrackerV2(PointTracker):
         self.last_rigidity = None  # largest |R R^T - I| entry of upstream's poses in the last track() call
 
     # ---- loading --------------------------------------------------------------------------------
+    def check_setup(self) -> None:
+        """The clone, the weight folders and the device, without importing or building anything."""
+        repo = up.check_clone(self.repo_dir)
+        if not self.random_weights:
+            up.check_weights(self.front_weights, "front_weights", up.FRONT_HUB)
+            up.check_weights(self.tracker_weights, "tracker_weights", up.TRACKER_HUB)
+        up.resolve_device(self.device, needs_cuda=up.hardcodes_cuda(repo))
+
     def load(self) -> "SpatialTrackerV2":
         """Check the clone and weights, import the upstream modules and build both models; returns self."""
         if self._models is not None:

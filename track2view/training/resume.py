@@ -101,6 +101,13 @@ class RunLock:
         self.file.truncate()
         self.file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
         self.file.flush()
+        # forked children (DataLoader workers) inherit the descriptor, and with it the lock: orphaned by a kill -9
+        # they would hold it for seconds after their parent died. They drop their copy at once.
+        os.register_at_fork(after_in_child=self._drop_in_child)
+
+    def _drop_in_child(self) -> None:
+        if not self.file.closed:
+            self.file.close()  # the child's copy only: the parent keeps the lock
 
     def release(self) -> None:
         fcntl.flock(self.file, fcntl.LOCK_UN)

@@ -1,7 +1,7 @@
 """`ZeRO1Strategy`: DeepSpeed ZeRO stage 1 that saves only the trainable parameters, atomically.
 
 A checkpoint is a directory (DeepSpeed's sharded layout, frozen parameters excluded), first written into
-`<name>.tmp` by every rank and renamed into place by rank 0 (track2view.io.replace_directory), so an
+`.<name>.tmpPID-RANDOM` by every rank and renamed into place by rank 0 (track2view.io.replace_directory), so an
 interrupted save leaves the previous checkpoint intact. It is read back without general unpickling: DeepSpeed's
 checkpoint engine calls `torch.load(weights_only=False)`; this strategy gives the engine a loader with
 `weights_only=True` that admits, besides tensors and plain containers, only the DeepSpeed classes its ZeRO-1
@@ -10,14 +10,15 @@ optimizer state holds (`SAFE_DEEPSPEED_GLOBALS`). Anything else in a file is ref
 
 from __future__ import annotations
 
-import shutil
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.plugins.precision import DeepSpeedPrecision
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
-from track2view.io import replace_directory
+from track2view.io import remove_stale_temps, replace_directory
 
 CHECKPOINT_KIND = "track2view-deepspeed-checkpoint"  # the output marker of a ZeRO-1 checkpoint directory
 # (module, name) of the classes DeepSpeed's ZeRO stage 1/2 optimizer state pickles besides tensors and containers
@@ -60,7 +61,7 @@ class ZeRO1Strategy(DeepSpeedStrategy):
     """DeepSpeed ZeRO stage 1 that saves only trainable parameters, atomically.
 
     Same as Lightning's `deepspeed_stage_1` except: `exclude_frozen_parameters=True` (the frozen base is not
-    written); the checkpoint directory is written as `<path>.tmp` by all ranks, then renamed onto `<path>` by
+    written); the checkpoint directory is written as a hidden `.<name>.tmpPID-RANDOM` sibling by all ranks, then renamed onto `<path>` by
     rank 0, so an interrupted save leaves the previous checkpoint intact (requires a file system shared by all
     nodes, as DeepSpeed's checkpoints do); batches keep float32 tracks (`FullPrecisionInputs`).
     """
@@ -96,9 +97,10 @@ class ZeRO1Strategy(DeepSpeedStrategy):
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Any | None = None) -> None:
         final = Path(self.broadcast(str(filepath)))
-        tmp = final.with_name(final.name + ".tmp")
-        if self.is_global_zero and tmp.exists():
-            shutil.rmtree(tmp)
+        # a name unique beyond the PID (rank 0's, shared by every rank); killed saves' leftovers are removed first
+        tmp = Path(self.broadcast(str(final.with_name(f".{final.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}"))))
+        if self.is_global_zero:
+            remove_stale_temps(final.parent, [final.name])
         self.barrier("t2v_ckpt_clean")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("t2v_ckpt_written")
