@@ -49,7 +49,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
 
-from track2view.conditioning.base import Conditioning
+from track2view.conditioning.base import Conditioning, batch_expand
 from track2view.conditioning.geometry import PADDING_MODES, bilinear_sample, bilinear_scatter
 from track2view.tracks import PairedTracks
 
@@ -147,10 +147,8 @@ class DualViewTrackConditioner(ModelMixin, ConfigMixin, Conditioning):
                              f"with PairedTracks.at_latent_stride")
 
     def condition_tokens(self, tokens, inputs, patch_bias=None):
-        tracks = inputs["tracks"]
-        if tracks.valid.shape[0] != tokens.shape[0]:  # one video's tracks for a batch (e.g. the CFG branches)
-            tracks = tracks.apply(lambda t: t.expand(tokens.shape[0], *t.shape[1:]))
-        return self(tokens, tracks, inputs.get("source_frame_mask"), patch_bias=patch_bias)
+        inputs = batch_expand(inputs, tokens.shape[0])  # one video's inputs for a batch (e.g. the CFG branches)
+        return self(tokens, inputs["tracks"], inputs.get("source_frame_mask"), patch_bias=patch_bias)
 
     def augment(self, inputs: dict, config, generator: torch.Generator | None = None) -> dict:
         """Keep a random fraction ~ U[config.track_keep_min, track_keep_max] of each sample's tracks."""

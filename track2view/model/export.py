@@ -43,6 +43,11 @@ def full_wan_config(config: dict) -> dict:
     return {**defaults, **dict(config)}
 
 
+def plain_config(config) -> dict:
+    """A diffusers config without its bookkeeping entries (`_class_name`, `_diffusers_version`, ...)."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
 def base_fingerprint(config) -> dict:
     """The base-model settings an export must match (FINGERPRINT_KEYS of a Wan transformer config), JSON-typed."""
     config = full_wan_config(dict(config))

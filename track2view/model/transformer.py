@@ -23,8 +23,8 @@ from torch import nn
 
 from track2view.conditioning import build_conditioning, inputs_to, load_conditioning
 from track2view.conditioning.hook import attach
-from track2view.model.export import (CONDITIONING_SUBFOLDER, ExportInfo, base_fingerprint, read_lora_state,
-                                     write_export)
+from track2view.model.export import (CONDITIONING_SUBFOLDER, ExportInfo, base_fingerprint, plain_config,
+                                     read_lora_state, write_export)
 from track2view.model.speed import SpeedSettings, checkpoint_conditioning, configure_speed
 
 
@@ -100,7 +100,7 @@ class Track2ViewTransformer(nn.Module):
         given), ready for inference."""
         info = info or ExportInfo.read(trained_dir)
         model = cls.from_pretrained(model_dir, torch_dtype=torch_dtype, device=device, conditioning=info.conditioning,
-                                    conditioning_config=_plain(info.conditioning_config), lora=info.lora)
+                                    conditioning_config=plain_config(info.conditioning_config), lora=info.lora)
         return model.load_trained(trained_dir, info)
 
     def set_conditioning(self, conditioning: nn.Module) -> None:
@@ -192,7 +192,7 @@ class Track2ViewTransformer(nn.Module):
     def save_trained(self, directory: str | os.PathLike, **info) -> Path:
         """Write the export (track2view/model/export.py); `info`: ExportInfo fields beyond the model's own
         (latent_stride, num_tracks, training)."""
-        export = ExportInfo(conditioning=self.kind, conditioning_config=_plain(self.conditioning.config),
+        export = ExportInfo(conditioning=self.kind, conditioning_config=plain_config(self.conditioning.config),
                             base_model=self.fingerprint(), lora=asdict(self.lora), **info)
         metadata = self.transformer.peft_config[self.adapter_name].to_dict()
         return write_export(directory, self.lora_state(), metadata, self.conditioning, export)
@@ -223,7 +223,3 @@ class Track2ViewTransformer(nn.Module):
                 p.data = p.data.to(self.trainable_dtype)
         return self
 
-
-def _plain(config) -> dict:
-    """A diffusers config without its bookkeeping entries (`_class_name`, `_diffusers_version`, ...)."""
-    return {k: v for k, v in dict(config).items() if not k.startswith("_")}

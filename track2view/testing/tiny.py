@@ -73,12 +73,6 @@ def tiny_tokenizer():
                                    model_max_length=512)
 
 
-def tiny_scheduler():
-    from track2view.inference.pipeline import default_scheduler
-
-    return default_scheduler()
-
-
 def save_tiny_wan(path: str | os.PathLike, seed: int = 0) -> Path:
     """Write a complete tiny Wan-2.1 T2V pipeline (diffusers layout) to `path` and return it.
 
@@ -87,13 +81,14 @@ def save_tiny_wan(path: str | os.PathLike, seed: int = 0) -> Path:
     """
     from diffusers import WanPipeline
 
+    from track2view.inference.pipeline import default_scheduler
     from track2view.io import atomic_directory
 
     path = Path(path)
     if (path / "model_index.json").exists():
         return path
     pipe = WanPipeline(tokenizer=tiny_tokenizer(), text_encoder=tiny_text_encoder(seed), vae=tiny_vae(seed),
-                       scheduler=tiny_scheduler(), transformer=tiny_transformer(seed))
+                       scheduler=default_scheduler(), transformer=tiny_transformer(seed))
     with atomic_directory(path, "tiny-wan") as tmp:
         pipe.save_pretrained(tmp)
     return path

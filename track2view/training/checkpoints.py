@@ -100,7 +100,7 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_pat
     checkpoint (e.g. when exporting on another machine); only its transformer config is read. Returns `out`.
     """
     from track2view.conditioning import build_conditioning
-    from track2view.model.export import ExportInfo, base_fingerprint, write_export
+    from track2view.model.export import ExportInfo, base_fingerprint, plain_config, write_export
     from track2view.model.transformer import LoraSettings
     from track2view.training.module import lora_settings
 
@@ -121,7 +121,7 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_pat
         raise ValueError(f"{ckpt} holds no LoRA tensors; it was not written by train.py fit")
     data = loaded["datamodule_hyper_parameters"]
     info = ExportInfo(conditioning=conditioning.kind,
-                      conditioning_config={k: v for k, v in dict(conditioning.config).items() if not k.startswith("_")},
+                      conditioning_config=plain_config(conditioning.config),
                       base_model=base_fingerprint(base), lora=asdict(lora),
                       latent_stride=data.get("temporal_stride", 4), num_tracks=data.get("num_tracks"),
                       training={"checkpoint": str(ckpt), "global_step": loaded["global_step"],
