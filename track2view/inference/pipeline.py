@@ -53,9 +53,12 @@ def default_scheduler(flow_shift: float = 3.0):
 
 def check_export_matches(model_dir, info: ExportInfo) -> None:
     """Raise ValueError naming the differing settings when an export was trained for another base model than the
-    one in `model_dir` (checked on the configs, before any weight is loaded)."""
+    one in `model_dir` (checked on the configs, before any weight is loaded). An export that carries its trained
+    base (`info.transformer`) fits any model directory: only its VAE, text encoder and scheduler are used."""
     from diffusers import WanTransformer3DModel
 
+    if info.transformer:
+        return
     info.check_base(dict(WanTransformer3DModel.load_config(model_dir, subfolder="transformer")), str(model_dir))
 
 
@@ -143,7 +146,8 @@ class Track2ViewPipeline(DiffusionPipeline):
     def fuse_lora(self) -> "Track2ViewPipeline":
         """Merge the LoRA into the base weights (diffusers' `fuse_lora`): inference then costs what the base
         model costs, at bf16 rounding of the merged weights. Not reversible once the pipeline is saved."""
-        self.transformer.transformer.fuse_lora()
+        if self.transformer.lora is not None:
+            self.transformer.transformer.fuse_lora()
         return self
 
     # ---- encoding --------------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
     <dir>/pytorch_lora_weights.safetensors   the LoRA in diffusers' format with its adapter metadata
                                              (`WanPipeline.load_lora_weights(dir)` reads it)
     <dir>/conditioning/                      the conditioning module (`save_pretrained`: config + safetensors)
+    <dir>/transformer/                       only for a base trained as a whole (`train_base`, models trained from
+                                             scratch): the trained WanTransformer3DModel in diffusers' layout
     <dir>/track2view.json                    `ExportInfo`: conditioning kind and config, base-model fingerprint,
                                              LoRA settings, latent stride, number of tracks, training excerpt
 
-`write_export` needs only the trainable tensors (no base model); `ExportInfo.read` is the one place that
+`write_export` needs only the trained tensors (no base model); `ExportInfo.read` is the one place that
 parses track2view.json, and what it returns travels to every consumer (pipeline, infer.py, evaluation).
 """
 
@@ -24,6 +26,8 @@ from track2view.io import atomic_directory
 INFO_NAME = "track2view.json"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CONDITIONING_SUBFOLDER = "conditioning"
+TRAINED_BASE_SUBFOLDER = "transformer"
+BASE_WEIGHT_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' name, so from_pretrained reads the folder
 EXPORT_KIND = "track2view-export"  # the output marker of an export directory (track2view.io.atomic_directory)
 FORMAT = 2
 
@@ -66,11 +70,12 @@ class ExportInfo:
     conditioning: str  # the conditioning kind (track2view.conditioning.KINDS)
     conditioning_config: dict
     base_model: dict  # base_fingerprint of the Wan transformer it was trained on
-    lora: dict  # LoraSettings fields
+    lora: dict | None  # LoraSettings fields; None: no LoRA (the base trained as a whole, `transformer`)
     latent_stride: int = 4
     num_tracks: int | None = None
     training: dict = field(default_factory=dict)  # checkpoint, step and the training settings of EXPORTED_HPARAMS
     format: int = FORMAT
+    transformer: str | None = None  # subfolder holding the trained base; None: the base model is the user's
 
     @property
     def timestep_mode(self) -> str:
@@ -103,21 +108,50 @@ class ExportInfo:
                              f"{'; '.join(diff)}); pass the base model it was trained on")
 
 
+@dataclass
+class TrainedBase:
+    """A base transformer trained as a whole: its state dict (plain Wan keys) and its Wan config."""
+
+    state: dict[str, torch.Tensor]
+    config: dict
+
+
 def write_export(directory: str | os.PathLike, lora_state: dict[str, torch.Tensor], lora_metadata: dict,
-                 conditioning, info: ExportInfo) -> Path:
+                 conditioning, info: ExportInfo, base: TrainedBase | None = None) -> Path:
     """Write an export atomically. lora_state: peft state-dict keys without the adapter name
-    (`blocks.0.attn1.to_q.lora_A.weight`); lora_metadata: the peft `LoraConfig.to_dict()`.
+    (`blocks.0.attn1.to_q.lora_A.weight`), empty when there is no LoRA; lora_metadata: the peft
+    `LoraConfig.to_dict()`; base: the trained base (`info.transformer` names its subfolder).
 
     An existing `directory` is replaced only if it is a previous export (track2view.io.atomic_directory).
     """
     from diffusers import WanPipeline
+    from safetensors.torch import save_file
 
+    if (base is None) != (info.transformer is None) or (not lora_state) != (info.lora is None):
+        raise ValueError("write_export: the trained base / LoRA given must match info.transformer / info.lora")
     with atomic_directory(directory, EXPORT_KIND) as tmp:
-        WanPipeline.save_lora_weights(tmp, transformer_lora_layers=lora_state, weight_name=LORA_WEIGHT_NAME,
-                                      transformer_lora_adapter_metadata=lora_metadata)
+        if lora_state:
+            WanPipeline.save_lora_weights(tmp, transformer_lora_layers=lora_state, weight_name=LORA_WEIGHT_NAME,
+                                          transformer_lora_adapter_metadata=lora_metadata)
+        if base is not None:
+            (tmp / info.transformer).mkdir()
+            save_file({k: v.detach().contiguous().cpu() for k, v in base.state.items()},
+                      str(tmp / info.transformer / BASE_WEIGHT_NAME))
+            config = {"_class_name": "WanTransformer3DModel", **plain_config(base.config)}
+            (tmp / info.transformer / "config.json").write_text(json.dumps(config, indent=2, default=list))
         conditioning.save_pretrained(tmp / CONDITIONING_SUBFOLDER)
         (tmp / INFO_NAME).write_text(json.dumps(asdict(info), indent=2, default=str))
     return Path(directory)
+
+
+def read_trained_base(directory: str | os.PathLike, info: ExportInfo) -> dict[str, torch.Tensor]:
+    """The trained base's state dict of an export that carries one (safetensors, never unpickled)."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / str(info.transformer) / BASE_WEIGHT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the export {directory} is incomplete; export it again")
+    return load_file(str(path))
 
 
 def read_lora_state(directory: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -23,8 +23,8 @@ from torch import nn
 
 from track2view.conditioning import build_conditioning, inputs_to, load_conditioning
 from track2view.conditioning.hook import attach
-from track2view.model.export import (CONDITIONING_SUBFOLDER, ExportInfo, base_fingerprint, plain_config,
-                                     read_lora_state, write_export)
+from track2view.model.export import (CONDITIONING_SUBFOLDER, TRAINED_BASE_SUBFOLDER, ExportInfo, TrainedBase,
+                                     base_fingerprint, plain_config, read_lora_state, read_trained_base, write_export)
 from track2view.model.speed import SpeedSettings, checkpoint_conditioning, configure_speed
 
 
@@ -60,15 +60,18 @@ class Track2ViewTransformer(nn.Module):
     """
 
     def __init__(self, transformer, conditioning: str = "tracks", conditioning_config: dict | None = None,
-                 lora: LoraSettings | dict | None = None, trainable_dtype: torch.dtype = torch.float32,
+                 lora: LoraSettings | dict | None | bool = None, trainable_dtype: torch.dtype = torch.float32,
                  adapter_name: str = "default"):
+        """lora: LoRA settings (None: the defaults) or False for no LoRA (a base trained as a whole, `train_base`)."""
         super().__init__()
         transformer.requires_grad_(False)
         self.transformer = transformer
         self.adapter_name = adapter_name
         self.trainable_dtype = trainable_dtype
-        self.lora = LoraSettings.coerce(lora)
-        self._add_lora(self.lora)
+        self.base_trains = False
+        self.lora = None if lora is False else LoraSettings.coerce(lora)
+        if self.lora is not None:
+            self._add_lora(self.lora)
         token_dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         self.speed = SpeedSettings(checkpointing="none")
         self.set_conditioning(build_conditioning(conditioning, token_dim, conditioning_config))
@@ -99,9 +102,12 @@ class Track2ViewTransformer(nn.Module):
         """Base model from `model_dir` (diffusers layout) + the export in `trained_dir` (its `info`, read if not
         given), ready for inference."""
         info = info or ExportInfo.read(trained_dir)
-        model = cls.from_pretrained(model_dir, torch_dtype=torch_dtype, device=device, conditioning=info.conditioning,
-                                    conditioning_config=plain_config(info.conditioning_config), lora=info.lora)
-        return model.load_trained(trained_dir, info)
+        base_dir, subfolder = (trained_dir, info.transformer) if info.transformer else (model_dir, "transformer")
+        model = cls.from_pretrained(base_dir, subfolder=subfolder, torch_dtype=torch_dtype, device=device,
+                                    conditioning=info.conditioning,
+                                    conditioning_config=plain_config(info.conditioning_config),
+                                    lora=False if info.lora is None else info.lora)
+        return model.load_trained(trained_dir, info, base=not info.transformer)
 
     def set_conditioning(self, conditioning: nn.Module) -> None:
         """Use `conditioning` (a kind of track2view/conditioning/) from now on: placed and hooked in."""
@@ -154,6 +160,12 @@ class Track2ViewTransformer(nn.Module):
             self.hook.reuse_tokens = False
             self.hook.reset_state(self.transformer.patch_embedding)
 
+    def train_base(self) -> None:
+        """Train every base parameter too (models trained from scratch: no pretrained base exists), in
+        `trainable_dtype`; the export then carries the trained base (ExportInfo.transformer)."""
+        self.transformer.to(self.trainable_dtype).requires_grad_(True)
+        self.base_trains = True
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -187,24 +199,38 @@ class Track2ViewTransformer(nn.Module):
     def lora_state(self) -> dict[str, torch.Tensor]:
         from peft.utils import get_peft_model_state_dict
 
+        if self.lora is None:
+            return {}
         return get_peft_model_state_dict(self.transformer, adapter_name=self.adapter_name)
 
     def save_trained(self, directory: str | os.PathLike, **info) -> Path:
         """Write the export (track2view/model/export.py); `info`: ExportInfo fields beyond the model's own
         (latent_stride, num_tracks, training)."""
         export = ExportInfo(conditioning=self.kind, conditioning_config=plain_config(self.conditioning.config),
-                            base_model=self.fingerprint(), lora=asdict(self.lora), **info)
-        metadata = self.transformer.peft_config[self.adapter_name].to_dict()
-        return write_export(directory, self.lora_state(), metadata, self.conditioning, export)
+                            base_model=self.fingerprint(), lora=asdict(self.lora) if self.lora else None,
+                            transformer=TRAINED_BASE_SUBFOLDER if self.base_trains else None, **info)
+        metadata = self.transformer.peft_config[self.adapter_name].to_dict() if self.lora else {}
+        base = TrainedBase(self.transformer.state_dict(), dict(self.transformer.config)) if self.base_trains else None
+        return write_export(directory, self.lora_state(), metadata, self.conditioning, export, base)
 
-    def load_trained(self, directory: str | os.PathLike, info: ExportInfo | None = None) -> "Track2ViewTransformer":
-        """Load an export into this model (in place; returns self). Raises ValueError when the export was
-        trained for a different base model. LoRA and conditioning are rebuilt to the export's settings."""
-        from peft.utils import set_peft_model_state_dict
-
+    def load_trained(self, directory: str | os.PathLike, info: ExportInfo | None = None,
+                     base: bool = True) -> "Track2ViewTransformer":
+        """Load an export into this model (in place; returns self): its conditioning, its LoRA and (`base`) the
+        base weights it trained, if any. Raises ValueError when the export was trained for a different base
+        model. LoRA and conditioning are rebuilt to the export's settings."""
         directory = Path(directory)
         info = info or ExportInfo.read(directory)
         info.check_base(dict(self.transformer.config), "this model")
+        if base and info.transformer:
+            self.transformer.load_state_dict(read_trained_base(directory, info), strict=True)
+        if info.lora is not None:
+            self._load_lora(directory, info)
+        self.set_conditioning(load_conditioning(info.conditioning, directory / CONDITIONING_SUBFOLDER))
+        return self
+
+    def _load_lora(self, directory: Path, info: ExportInfo) -> None:
+        from peft.utils import set_peft_model_state_dict
+
         settings = LoraSettings.coerce(info.lora)
         if settings != self.lora:
             self._add_lora(settings)
@@ -217,9 +243,7 @@ class Track2ViewTransformer(nn.Module):
         missing = [n for n, _ in self.transformer.named_parameters() if "lora_" in n and n not in loaded]
         if missing:
             raise ValueError(f"{directory} lacks LoRA weights, e.g. {missing[:3]}")
-        self.set_conditioning(load_conditioning(info.conditioning, directory / CONDITIONING_SUBFOLDER))
         for name, p in self.transformer.named_parameters():
             if "lora_" in name:
                 p.data = p.data.to(self.trainable_dtype)
-        return self
 

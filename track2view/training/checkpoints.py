@@ -30,7 +30,7 @@ from track2view.io import atomic_path
 
 # The training settings copied into the export's track2view.json ("training config excerpt").
 EXPORTED_HPARAMS = ("model_path", "lr", "warmup_steps", "lr_schedule", "flow_matching", "height", "width", "num_frames",
-                    "seed")
+                    "seed", "train_base", "init_from")
 # DeepSpeed's layout inside a checkpoint directory (Lightning saves with tag "checkpoint").
 DEEPSPEED_MODEL_STATES = Path("checkpoint") / "mp_rank_00_model_states.pt"
 
@@ -100,7 +100,8 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_pat
     checkpoint (e.g. when exporting on another machine); only its transformer config is read. Returns `out`.
     """
     from track2view.conditioning import build_conditioning
-    from track2view.model.export import ExportInfo, base_fingerprint, plain_config, write_export
+    from track2view.model.export import (TRAINED_BASE_SUBFOLDER, ExportInfo, TrainedBase, base_fingerprint,
+                                         plain_config, write_export)
     from track2view.model.transformer import LoraSettings
     from track2view.training.module import lora_settings
 
@@ -114,19 +115,25 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_pat
                                       base["num_attention_heads"] * base["attention_head_dim"],
                                       h.get("conditioning_config"))
     _load_exact(conditioning, _with_prefix(state, "model.conditioning."), ckpt, "conditioning")
-    lora = LoraSettings.coerce(lora_settings(h))
+    transformer_state = _with_prefix(state, "model.transformer.")
+    trained_base = TrainedBase({k: v.float() for k, v in transformer_state.items()}, base) if h.get("train_base") \
+        else None
+    lora = None if trained_base else LoraSettings.coerce(lora_settings(h))
     lora_state = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v.float()
-                  for k, v in _with_prefix(state, "model.transformer.").items() if "lora_" in k}
-    if not lora_state:
+                  for k, v in transformer_state.items() if "lora_" in k and lora is not None}
+    if trained_base is None and not lora_state:
         raise ValueError(f"{ckpt} holds no LoRA tensors; it was not written by train.py fit")
+    if trained_base is not None and not transformer_state:
+        raise ValueError(f"{ckpt} was trained with model.train_base but holds no base tensors")
     data = loaded["datamodule_hyper_parameters"]
     info = ExportInfo(conditioning=conditioning.kind,
                       conditioning_config=plain_config(conditioning.config),
-                      base_model=base_fingerprint(base), lora=asdict(lora),
+                      base_model=base_fingerprint(base), lora=asdict(lora) if lora else None,
+                      transformer=TRAINED_BASE_SUBFOLDER if trained_base else None,
                       latent_stride=data.get("temporal_stride", 4), num_tracks=data.get("num_tracks"),
                       training={"checkpoint": str(ckpt), "global_step": loaded["global_step"],
                                 **{k: h.get(k) for k in EXPORTED_HPARAMS}})
-    return write_export(out, lora_state, _lora_metadata(lora), conditioning, info)
+    return write_export(out, lora_state, _lora_metadata(lora) if lora else {}, conditioning, info, trained_base)
 
 
 def _base_config(hparams: dict) -> dict:

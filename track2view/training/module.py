@@ -59,6 +59,10 @@ class Track2ViewModule(L.LightningModule):
             "none" (frame concatenation only); track2view/conditioning/.
         conditioning_config: that kind's config overrides (token_dim is taken from the base model).
         lora_rank, lora_alpha, lora_target_modules, lora_dropout: the LoRA on every DiT block.
+        train_base: train every parameter of the base too and add no LoRA (models trained from scratch, where no
+            pretrained base exists: experiments/synthetic/); the export then carries the trained base.
+        init_from: an export directory (`train.py export`) whose trained tensors start this run: its conditioning,
+            LoRA and trained base (continue or fine-tune a trained model); its kind and settings must be this run's.
         gradient_checkpointing: "full" (recompute each DiT block and the conditioner in backward), "selective"
             (keep the self-attention outputs, recompute the rest) or "none"; checkpoint_blocks: only the first k.
         attention_backend: diffusers attention backend ("native", "_native_cudnn", "flash", ...); None = default.
@@ -84,7 +88,8 @@ class Track2ViewModule(L.LightningModule):
                  eps: float = 1e-8, weight_decay: float = 0.01, warmup_steps: int = 500, lr_schedule: str = "constant",
                  min_lr_ratio: float = 0.0, gradient_checkpointing: str = "full", checkpoint_blocks: int | None = None,
                  attention_backend: str | None = None, compile_blocks: bool = False,
-                 ffn_chunk_tokens: int | None = None, height: int | None = None,
+                 ffn_chunk_tokens: int | None = None, train_base: bool = False, init_from: str | None = None,
+                 height: int | None = None,
                  width: int | None = None, num_frames: int | None = None, val_sigmas: list[float] | None = None,
                  seed: int = 0):
         super().__init__()
@@ -109,6 +114,8 @@ class Track2ViewModule(L.LightningModule):
         if lora_rank < 1:
             raise ConfigError(f"model.lora_rank must be >= 1, got {lora_rank}")
         check_video_size(height, width, num_frames)
+        if init_from is not None:
+            check_init_from(init_from, conditioning, train_base)
         from track2view.model.speed import SpeedSettings
 
         try:
@@ -135,11 +142,15 @@ class Track2ViewModule(L.LightningModule):
 
         h = self.hparams
         kwargs = dict(conditioning=h.conditioning, conditioning_config=dict(h.conditioning_config or {}),
-                      lora=lora_settings(h), torch_dtype=DTYPES[h.torch_dtype])
+                      lora=False if h.train_base else lora_settings(h), torch_dtype=DTYPES[h.torch_dtype])
         if h.model_path is not None:
             model = Track2ViewTransformer.from_pretrained(h.model_path, subfolder="transformer", **kwargs)
         else:
             model = Track2ViewTransformer.from_config(dict(h.wan_config), **kwargs)
+        if h.init_from is not None:
+            model.load_trained(h.init_from)
+        if h.train_base:
+            model.train_base()
         model.configure_speed(self.speed)
         self.model = model.train()  # diffusers loads in eval mode; Lightning switches modes for validation
 
@@ -295,6 +306,22 @@ class Track2ViewModule(L.LightningModule):
             raise ConfigError(f"checkpoint does not match the model: missing {missing[:3]} ({len(missing)}), "
                               f"unexpected {unexpected[:3]} ({len(unexpected)})")
         self.load_state_dict(state, strict=False)
+
+
+def check_init_from(path: str, conditioning: str, train_base: bool) -> None:
+    """Raise ConfigError unless `path` is an export of this run's conditioning kind (and LoRA-ness)."""
+    from track2view.model.export import ExportInfo
+
+    try:
+        info = ExportInfo.read(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.init_from: {e}") from e
+    if info.conditioning != conditioning:
+        raise ConfigError(f"model.init_from={path!r} is a {info.conditioning!r} export but model.conditioning is "
+                          f"{conditioning!r}; start from an export of the same kind")
+    if info.lora is not None and train_base:
+        raise ConfigError(f"model.init_from={path!r} holds a LoRA but model.train_base is set (no LoRA is added); "
+                          f"merge it into the base first or train a LoRA (model.train_base: false)")
 
 
 def lora_settings(hparams) -> dict:
