@@ -75,6 +75,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--tracker", default="spatialtracker_v2")
     p.add_argument("--tracker-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--num-queries", type=int, default=None)
+    p.add_argument("--query-frames", choices=("first_last", "first", "random"), default=None,
+                   help="source frames of the tracker's queries, as the model's training data was curated")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--steps", type=int, default=50)

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keyword argument for the tracker backend (repeatable)")
     tracks.add_argument("--num-queries", type=int, default=DEFAULTS.num_queries,
                         help="query points, half on the first and half on the last frame (default %(default)s)")
+    tracks.add_argument("--query-frames", default=DEFAULTS.query_frames, choices=("first_last", "first", "random"),
+                        help="source frames of the queries, as the training data was curated (default %(default)s)")
     gen = p.add_argument_group("generation")
     gen.add_argument("--prompt", default="", help="caption of the source video")
     gen.add_argument("--negative-prompt", default="")
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 def request_from(args) -> RerenderRequest:
     return RerenderRequest(video=args.video, out=args.out, trajectories=args.trajectory, amounts=args.amount,
                            mode=args.mode, aim=args.aim, poses=args.poses, tracks=args.tracks, tracker=args.tracker,
-                           tracker_options=args.tracker_option, num_queries=args.num_queries, prompt=args.prompt,
+                           tracker_options=args.tracker_option, num_queries=args.num_queries,
+                           query_frames=args.query_frames, prompt=args.prompt,
                            negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                            seed=args.seed, height=args.height, width=args.width, num_frames=args.num_frames,
                            side_by_side=args.side_by_side, overlay=args.overlay, save_tracks=args.save_tracks,

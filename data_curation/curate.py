@@ -158,6 +158,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-tracks", type=int, default=1152, help="queries per pair, half at frame 0, half at T-1")
     p.add_argument("--query-sampling", choices=("grid", "random"), default="grid")
+    p.add_argument("--query-frames", choices=("first_last", "first", "random"), default="first_last",
+                   help="source frames of the queries: half on the first and half on the last (paper), all on the "
+                        "first, or each on a random frame (the paper's ablation); infer.py --query-frames must match")
     p.add_argument("--samples-per-shard", type=int, default=64)
     p.add_argument("--num-frames", type=int, default=None,
                    help="expected frames per video (default: the cameras file's frame count)")
@@ -177,7 +180,8 @@ def main(argv=None) -> int:
     try:
         config = CurateConfig(tracker=a.tracker, tracker_options=parse_tracker_options(a.tracker_option),
                               pairs_per_scene=a.pairs_per_scene, seed=a.seed, num_tracks=a.num_tracks,
-                              query_sampling=a.query_sampling, samples_per_shard=a.samples_per_shard,
+                              query_sampling=a.query_sampling,
+                              query_frames=a.query_frames, samples_per_shard=a.samples_per_shard,
                               num_frames=a.num_frames, first_frame_tolerance=a.first_frame_tolerance,
                               min_valid_tracks=a.min_valid_tracks)
         if a.merge:

@@ -19,7 +19,7 @@ from track2view import cameras as cam
 from track2view.data import schema
 from track2view.io import VideoError, read_video
 from track2view.trackers import QueryIdentityError, TrackerOutputError
-from track2view.trackers.queries import query_points
+from track2view.trackers.queries import query_points, source_query_frames
 from track2view.tracks import PairedTracks
 
 CONFIDENCE = "confidence"  # the tracker's confidence [2, T, N] float16, an optional array of tracks.npz
@@ -83,12 +83,21 @@ def read_pair(pair: Pair, config: CurateConfig) -> tuple[dict, np.ndarray, np.nd
     return cams_by_name, a, b, diff
 
 
+def sequence_query_frames(config: CurateConfig, num_frames: int, rng: np.random.Generator) -> tuple[int, ...]:
+    """The scheme's source frames in the [A reversed, B] sequence (A's frame s is index T-1-s there); the
+    default keeps the order of earlier curations: (0, T-1)."""
+    frames = tuple(num_frames - 1 - f for f in source_query_frames(config.query_frames, num_frames,
+                                                                   config.num_tracks, rng))
+    return frames[::-1] if config.query_frames == "first_last" else frames
+
+
 def pair_sequence(pair: Pair, a: np.ndarray, b: np.ndarray, config: CurateConfig):
-    """The seamless 2T-frame sequence [A reversed, B] [2T, H, W, 3], its queries [Q, 3] (half at frame 0, half
-    at T-1, seeded per pair) and each frame's (video path, frame index)."""
+    """The seamless 2T-frame sequence [A reversed, B] [2T, H, W, 3], its queries [Q, 3] (on A's frames of the
+    `query_frames` scheme, by default half at frame 0 and half at T-1 of the sequence; seeded per pair) and each
+    frame's (video path, frame index)."""
     T, H, W = a.shape[:3]
     rng = np.random.default_rng([config.seed, stable_seed(pair.key)])
-    queries = query_points(config.num_tracks, (0, T - 1), rng, H, W, config.query_sampling)
+    queries = query_points(config.num_tracks, sequence_query_frames(config, T, rng), rng, H, W, config.query_sampling)
     src_path, tgt_path = pair.video(pair.source), pair.video(pair.target)
     sources = [(str(src_path), T - 1 - i) for i in range(T)] + [(str(tgt_path), i) for i in range(T)]
     return np.concatenate([a[::-1], b]), queries, sources
@@ -139,7 +148,7 @@ def curate_pair(pair: Pair, tracker, config: CurateConfig, captions: dict[str, s
     caption = captions.get(src_path.relative_to(root).as_posix(), "")
     meta = {"scene": pair.scene, "lens": pair.lens, "cameras": [pair.source, pair.target],
             "fps": _fps(src_path), "num_frames": T, "height": H, "width": W, "tracker": config.tracker,
-            "metric": src.metric, "query_frames": [0, T - 1], "seed": config.seed,
+            "metric": src.metric, "query_frames": config.query_frames, "seed": config.seed,
             "counts": {"tracks": int(config.num_tracks), **counts}, "confidence": CONFIDENCE in arrays,
             "first_frame_difference": round(diff, 4)}
     return {

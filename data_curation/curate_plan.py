@@ -26,6 +26,7 @@ class CurateConfig:
     seed: int = 0
     num_tracks: int = 1152
     query_sampling: str = "grid"       # "grid" (jittered grid) or "random"
+    query_frames: str = "first_last"   # source frames of the queries: "first_last" (paper), "first", "random"
     samples_per_shard: int = 64
     num_frames: int | None = None      # expected frames per video; None: the extrinsics file's frame count
     first_frame_tolerance: float = 6.0  # max mean |A[0] - B[0]| in 0..255 levels
@@ -33,7 +34,7 @@ class CurateConfig:
 
     def check(self) -> "CurateConfig":
         """Raise ValueError naming the first value that cannot work (before any scene is read)."""
-        from track2view.trackers.queries import MAX_QUERIES
+        from track2view.trackers.queries import MAX_QUERIES, QUERY_FRAMES
 
         problems = [(self.samples_per_shard < 1, f"--samples-per-shard must be >= 1, got {self.samples_per_shard}"),
                     (self.pairs_per_scene < 1, f"--pairs-per-scene must be >= 1, got {self.pairs_per_scene}"),
@@ -42,6 +43,8 @@ class CurateConfig:
                      f"{self.num_tracks}"),
                     (self.num_frames is not None and self.num_frames < 5,
                      f"--num-frames must be >= 5 (leave it out to take the cameras file's count), got {self.num_frames}"),
+                    (self.query_frames not in QUERY_FRAMES,
+                     f"--query-frames must be one of {', '.join(QUERY_FRAMES)}, got {self.query_frames!r}"),
                     (self.min_valid_tracks < 1, f"--min-valid-tracks must be >= 1, got {self.min_valid_tracks}"),
                     (not self.first_frame_tolerance >= 0,
                      f"--first-frame-tolerance must be >= 0 (0..255 levels), got {self.first_frame_tolerance}")]

@@ -290,3 +290,15 @@ def test_bad_root(tmp_path):
         curate(tmp_path / "missing", tmp_path / "out", CONFIG)
     with pytest.raises(FileNotFoundError, match="no scenes with videos"):
         curate(tmp_path, tmp_path / "out", CONFIG)
+
+
+def test_query_frame_schemes_map_to_the_source_frames_of_the_reversed_sequence():
+    from data_curation.curate_pair import sequence_query_frames
+
+    rng = np.random.default_rng(0)
+    assert sequence_query_frames(CurateConfig(query_frames="first_last"), 9, rng) == (0, 8)  # earlier curations'
+    assert sequence_query_frames(CurateConfig(query_frames="first"), 9, rng) == (8,)  # A's first frame
+    frames = sequence_query_frames(CurateConfig(query_frames="random", num_tracks=50), 9, rng)
+    assert len(frames) == 50 and set(frames) <= set(range(9)) and len(set(frames)) > 3
+    with pytest.raises(ValueError, match="--query-frames must be one of"):
+        CurateConfig(query_frames="middle").check()

@@ -13,7 +13,7 @@ from track2view import cameras as C
 from track2view.io import read_video
 from track2view.synthetic import generate, load_ground_truth, random_scene, render, scene_cameras, visible
 from track2view.synthetic.render import camera_rays, cast, world_points
-from track2view.synthetic.scene import look_c2w
+from track2view.synthetic.scene import TRAJECTORY_KINDS, look_c2w
 
 
 def _tex(color=(0.8, 0.2, 0.2)):
@@ -100,6 +100,14 @@ def test_scene_spec_deterministic_and_cameras_share_first_pose():
     np.testing.assert_allclose(np.linalg.det(C.relative_to(c2w, c2w[0, 0])[..., :3, :3]), 1.0, atol=1e-9)
 
 
+def test_trajectory_kinds_hold_families_out():
+    held_out = ("pan_truck", "arc_dolly")
+    kinds = {t["kind"] for i in range(6) for t in random_scene(0, i, num_cameras=4, num_frames=9,
+                                                               trajectory_kinds=held_out)["cameras"]["trajectories"]}
+    assert kinds == set(held_out)
+    assert random_scene(0, 1, num_cameras=4) == random_scene(0, 1, num_cameras=4, trajectory_kinds=TRAJECTORY_KINDS)
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
@@ -168,6 +176,8 @@ def test_cli_rejects_bad_arguments(tmp_path):
         generate(tmp_path, scenes=1, cameras=1)
     with pytest.raises(ValueError, match="must be even"):
         generate(tmp_path, scenes=1, cameras=2, height=47)
+    with pytest.raises(ValueError, match=r"--trajectory-kinds pan,spin: give one or more of .* \(unknown: spin\)"):
+        generate(tmp_path, scenes=1, cameras=2, trajectory_kinds=("pan", "spin"))
     with pytest.raises(ValueError, match="image size 16x0"):  # --width 0 is a width, not "unset"
         generate(tmp_path, scenes=1, cameras=2, height=16, width=0)
     assert list(tmp_path.iterdir()) == []

@@ -99,6 +99,8 @@ def generate_from_args(a) -> list[Path]:
                    seed=a.seed, height=a.height, width=a.width)
     if a.num_queries:
         options["num_queries"] = a.num_queries
+    if a.query_frames:
+        options["query_frames"] = a.query_frames
     try:
         rerenderer = Rerenderer(a.model, a.checkpoint, device=default_device(a.device), dtype=a.dtype)
     except InputError as e:

@@ -25,14 +25,14 @@ class NoValidTracksError(ValueError):
 
 
 def track_video(frames: np.ndarray, tracker: str = "spatialtracker_v2", num_queries: int = DEFAULT_NUM_QUERIES,
-                frame_sources=None, **tracker_kwargs):
+                frame_sources=None, query_frames: str = "first_last", **tracker_kwargs):
     """Run a tracker backend (`track2view.trackers`) on the source frames [T, H, W, 3] uint8 at their own
-    resolution with `video_queries` -> TrackingResult. `frame_sources` [(video path, frame index)] per frame
-    (the oracle needs them to find the synthetic scene's ground truth)."""
+    resolution with `video_queries` (on the `query_frames` scheme's frames) -> TrackingResult. `frame_sources`
+    [(video path, frame index)] per frame (the oracle needs them to find the synthetic scene's ground truth)."""
     from track2view.trackers import get_tracker
 
     t, h, w = frames.shape[:3]
-    queries = video_queries(t, num_queries, h, w)
+    queries = video_queries(t, num_queries, h, w, query_frames=query_frames)
     return get_tracker(tracker, **tracker_kwargs).track(frames, queries, frame_sources)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from track2view.inference.trajectories import Trajectory, load_poses, make_trajectory, resolve_name, scene_scale
 from track2view.model.export import ExportInfo
-from track2view.trackers.queries import DEFAULT_NUM_QUERIES, MAX_QUERIES
+from track2view.trackers.queries import DEFAULT_NUM_QUERIES, MAX_QUERIES, QUERY_FRAMES
 from track2view.video_size import video_size_problem
 
 CAMERA_KINDS = ("tracks", "camera")  # the kinds that take a target trajectory (and so need the source's tracks)
@@ -45,6 +45,7 @@ class RerenderRequest:
     tracker: str = "spatialtracker_v2"
     tracker_options: list[str] = field(default_factory=list)  # KEY=VALUE
     num_queries: int = DEFAULT_NUM_QUERIES
+    query_frames: str = "first_last"  # the curation's --query-frames the model was trained on
     prompt: str = ""
     negative_prompt: str = ""
     steps: int = 50
@@ -193,6 +194,8 @@ def check_request(r: RerenderRequest, kind: str) -> None:
         raise InputError(f"--steps must be >= 1, got {r.steps}")
     if not 2 <= r.num_queries <= MAX_QUERIES:
         raise InputError(f"--num-queries must be in [2, {MAX_QUERIES}], got {r.num_queries}")
+    if r.query_frames not in QUERY_FRAMES:
+        raise InputError(f"--query-frames must be one of {', '.join(QUERY_FRAMES)}, got {r.query_frames!r}")
     for flag, value in [("--guidance", r.guidance)] + [("--amount", a) for a in r.amounts]:
         if not np.isfinite(value):
             raise InputError(f"{flag} must be a finite number, got {value}")
@@ -268,7 +271,7 @@ def load_or_track(r: RerenderRequest, frames: np.ndarray):
         return TrackingResult.load(r.tracks)
     sources = [(str(Path(r.video).resolve()), t) for t in range(len(frames))]
     try:
-        return track_video(frames, r.tracker, r.num_queries, sources,
+        return track_video(frames, r.tracker, r.num_queries, sources, r.query_frames,
                            **parse_tracker_options(r.tracker_options, flag="--tracker-option"))
     except (RuntimeError, ImportError, TypeError) as e:  # backend set-up: missing clone, weights, bad option
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -25,7 +25,7 @@ from pathlib import Path
 from track2view.cameras import focal_from_lens
 from track2view.errors import report_bad_input
 from track2view.io import remove_stale_temps
-from track2view.synthetic.scene import DEFAULT_LENSES, random_scene
+from track2view.synthetic.scene import DEFAULT_LENSES, TRAJECTORY_KINDS, random_scene
 from track2view.synthetic.write import is_complete, load_ground_truth, scene_dir, write_metadata, write_scene
 
 PROG = "python -m track2view.synthetic"
@@ -36,7 +36,8 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # one plain path component (
 
 
 def check_settings(scenes: int, cameras: int, height: int, width: int, frames: int, fps: float, seed: int,
-                   workers: int, lenses, split: str, supersample: int, crf: int) -> None:
+                   workers: int, lenses, split: str, supersample: int, crf: int,
+                   trajectory_kinds=TRAJECTORY_KINDS) -> None:
     """Raise ValueError naming the first setting out of range (nothing has been written then)."""
     checks = [(scenes >= 1, f"--scenes {scenes} must be >= 1"),
               (2 <= cameras <= MAX_CAMERAS, f"--cameras {cameras} must be in [2, {MAX_CAMERAS}] (a pair is 2 "
@@ -62,6 +63,10 @@ def check_settings(scenes: int, cameras: int, height: int, width: int, frames: i
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    unknown = sorted(set(trajectory_kinds) - set(TRAJECTORY_KINDS))
+    if unknown or not trajectory_kinds:
+        raise ValueError(f"--trajectory-kinds {','.join(trajectory_kinds)}: give one or more of "
+                         f"{','.join(TRAJECTORY_KINDS)}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
     for lens in lenses:
         if _NAME.fullmatch(lens) is None:
             raise ValueError(f"--lenses: {lens!r} must be one plain folder name such as f24_aperture5")
@@ -93,15 +98,18 @@ def _make_scene(index: int, root: Path, scene_kwargs: dict, supersample: int, cr
 
 def generate(out: str | Path, scenes: int, cameras: int = 10, height: int = 96, width: int | None = None,
              frames: int = 81, fps: float = 15.0, seed: int = 0, workers: int = 1, lenses=DEFAULT_LENSES,
-             split: str = "train", supersample: int = 1, crf: int = 18, verbose: bool = False) -> Path:
+             split: str = "train", supersample: int = 1, crf: int = 18, verbose: bool = False,
+             trajectory_kinds=TRAJECTORY_KINDS) -> Path:
     """Write scenes 0..scenes-1 under out/split and its metadata.csv; return out/split."""
     width = height if width is None else width
-    check_settings(scenes, cameras, height, width, frames, fps, seed, workers, tuple(lenses), split, supersample, crf)
+    trajectory_kinds = tuple(trajectory_kinds)
+    check_settings(scenes, cameras, height, width, frames, fps, seed, workers, tuple(lenses), split, supersample, crf,
+                   trajectory_kinds)
     root = Path(out) / split
     check_writable(root)
     remove_stale_temps(root, ["metadata.csv"], min_age_s=60)
     kwargs = dict(seed=seed, num_cameras=cameras, height=height, width=width, num_frames=frames,
-                  fps=fps, lenses=tuple(lenses))
+                  fps=fps, lenses=tuple(lenses), trajectory_kinds=trajectory_kinds)
     job = partial(_make_scene, root=root, scene_kwargs=kwargs, supersample=supersample, crf=crf)
     start = time.perf_counter()
     if workers > 1:
@@ -134,10 +142,14 @@ def main(argv=None) -> int:
     p.add_argument("--split", default="train")
     p.add_argument("--supersample", type=int, default=1, help="rays per pixel side (antialiasing), 1 = fastest")
     p.add_argument("--crf", type=int, default=18, help="H.264 quality (lower = better)")
+    p.add_argument("--trajectory-kinds", default=",".join(TRAJECTORY_KINDS),
+                   help="comma-separated camera motion families the cameras draw from (default: all; hold some out "
+                        "of a train split to test on them)")
     a = p.parse_args(argv)
     try:
         root = generate(a.out, a.scenes, a.cameras, a.size, a.width, a.frames, a.fps, a.seed, a.workers,
-                        [s for s in a.lenses.split(",") if s], a.split, a.supersample, a.crf, verbose=True)
+                        [s for s in a.lenses.split(",") if s], a.split, a.supersample, a.crf, verbose=True,
+                        trajectory_kinds=[k for k in a.trajectory_kinds.split(",") if k])
     except (ValueError, OSError) as e:
         return report_bad_input(e, prog=PROG)
     print(root)

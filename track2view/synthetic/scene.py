@@ -131,8 +131,12 @@ def _trajectory(rng: np.random.Generator, kind: str) -> dict:
 
 def random_scene(seed: int, index: int, *, num_cameras: int = 10, height: int = 96, width: int = 96,
                  num_frames: int = 81, fps: float = 15.0, lens: str | None = None,
-                 lenses=DEFAULT_LENSES, min_objects: int = 3, max_objects: int = 6) -> dict:
-    """A deterministic random scene spec for (seed, index); see the module docstring for its fields."""
+                 lenses=DEFAULT_LENSES, min_objects: int = 3, max_objects: int = 6,
+                 trajectory_kinds=TRAJECTORY_KINDS) -> dict:
+    """A deterministic random scene spec for (seed, index); see the module docstring for its fields.
+
+    The cameras cycle through a random order of `trajectory_kinds` (held-out families for a test split).
+    """
     from track2view.cameras import focal_from_lens
 
     rng = np.random.default_rng([seed, index])
@@ -181,7 +185,7 @@ def random_scene(seed: int, index: int, *, num_cameras: int = 10, height: int = 
             and rng.random() < 0.5 else [0.0, 0.0],
         })
 
-    kinds = list(rng.permutation(TRAJECTORY_KINDS))
+    kinds = list(rng.permutation(list(trajectory_kinds)))
     trajectories = [_trajectory(rng, kinds[k % len(kinds)]) for k in range(num_cameras)]
     light = rng.normal(size=3) * [0.5, 0.5, 0.2] + [0.0, 0.0, -1.0]
     spec = {
