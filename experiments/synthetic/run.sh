@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The synthetic learning experiment (experiments/synthetic/README.md), stage by stage; every stage skips what is done.
+#
+#   bash experiments/synthetic/run.sh all                 # data autoencoder model curate latents train generate score
+#   bash experiments/synthetic/run.sh train generate      # some stages
+#   EXP_SCALE=smoke bash experiments/synthetic/run.sh all # the same path at toy sizes on CPU (minutes)
+#
+# Arms (ARMS): tracks camera none (the comparison) and the ablations tracks_layers2 tracks_layers4 (temporal layers;
+# tracks has 8) and tracks_first tracks_random (query frames; tracks queries first + last). Each arm trains from the
+# same random init with the same steps, batch, data order and seed; arms train side by side on one GPU.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+HERE=experiments/synthetic
+OUT=${EXP_OUT:-outputs/synthetic}
+if [ "${EXP_SCALE:-full}" = smoke ]; then  # toy sizes: checks the whole path on CPU, the numbers mean nothing
+  : "${SIZE:=32}" "${FRAMES:=9}" "${TRAIN_SCENES:=4}" "${VAL_SCENES:=1}" "${TEST_SCENES:=2}" "${AE_SECONDS:=5}"
+  : "${STEPS:=4}" "${BATCH:=2}" "${DEVICE:=cpu}" "${EVAL_STEPS:=2}" "${TRACKS:=64}" "${WORKERS:=2}"
+  : "${TRAIN_ARGS:=--trainer.accelerator cpu --trainer.precision 32-true --data.num_workers 0 --data.pin_memory false}"
+fi
+SIZE=${SIZE:-128} FRAMES=${FRAMES:-25} CAMERAS=${CAMERAS:-4} PAIRS=${PAIRS:-12} TRACKS=${TRACKS:-512}
+TRAIN_SCENES=${TRAIN_SCENES:-1000} VAL_SCENES=${VAL_SCENES:-16} TEST_SCENES=${TEST_SCENES:-32}
+AE_SECONDS=${AE_SECONDS:-150} STEPS=${STEPS:-3000} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda} EVAL_STEPS=${EVAL_STEPS:-30}
+WORKERS=${WORKERS:-$(nproc)} TRAIN_ARGS=${TRAIN_ARGS:-}
+ARMS=${ARMS:-tracks camera none tracks_layers2 tracks_layers4 tracks_first tracks_random}
+TRAIN_KINDS=pan,tilt,dolly,truck,pedestal,arc  # every camera follows one of these in train and val scenes
+TEST_KINDS=pan_truck,arc_dolly                 # held-out families: the test scenes' cameras (source and targets)
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1
+
+arm_kind() { case $1 in tracks*) echo tracks ;; *) echo "$1" ;; esac; }
+arm_queries() { case $1 in tracks_first) echo first ;; tracks_random) echo random ;; *) echo first_last ;; esac; }
+arm_config() {
+  case $1 in
+    tracks_layers2) echo '{"width": 128, "num_layers": 2, "num_heads": 4}' ;;
+    tracks_layers4) echo '{"width": 128, "num_layers": 4, "num_heads": 4}' ;;
+    tracks*) echo '{"width": 128, "num_layers": 8, "num_heads": 4}' ;;
+    *) echo '{}' ;;
+  esac
+}
+schemes() { for arm in $ARMS; do arm_queries "$arm"; done | sort -u; }
+
+stage_data() {
+  python -m track2view.synthetic --out "$OUT/data" --split train --scenes "$TRAIN_SCENES" --cameras "$CAMERAS" \
+    --size "$SIZE" --frames "$FRAMES" --seed 0 --workers "$WORKERS" --trajectory-kinds "$TRAIN_KINDS"
+  python -m track2view.synthetic --out "$OUT/data" --split val --scenes "$VAL_SCENES" --cameras "$CAMERAS" \
+    --size "$SIZE" --frames "$FRAMES" --seed 1 --workers "$WORKERS" --trajectory-kinds "$TRAIN_KINDS"
+  python -m track2view.synthetic --out "$OUT/data" --split test --scenes "$TEST_SCENES" --cameras "$CAMERAS" \
+    --size "$SIZE" --frames "$FRAMES" --seed 2 --workers "$WORKERS" --trajectory-kinds "$TEST_KINDS"
+}
+
+stage_autoencoder() {
+  python "$HERE/autoencoder.py" --train "$OUT/data/train" --test "$OUT/data/test" --config "$HERE/model.json" \
+    --out "$OUT/vae" --seconds "$AE_SECONDS" --device "$DEVICE"
+}
+
+stage_model() { python "$HERE/make_model.py" --vae "$OUT/vae" --config "$HERE/model.json" --out "$OUT/wan"; }
+
+stage_curate() {
+  local scheme split jobs workers
+  jobs=$((2 * $(schemes | wc -l))) && workers=$(( WORKERS / jobs > 0 ? WORKERS / jobs : 1 ))
+  for scheme in $(schemes); do
+    for split in train val; do
+      python -m data_curation.curate --root "$OUT/data/$split" --out "$OUT/tracks/$scheme/$split" --tracker oracle \
+        --pairs-per-scene "$PAIRS" --num-tracks "$TRACKS" --query-frames "$scheme" --seed 0 --workers "$workers" \
+        --samples-per-shard 256 > "$OUT/logs/curate-$scheme-$split.log" 2>&1 &
+    done
+  done
+  wait_all curate
+}
+
+stage_latents() {
+  local scheme split rank ranks=${PRECOMPUTE_RANKS:-4}
+  [ "$DEVICE" = cpu ] && ranks=1
+  for scheme in $(schemes); do
+    for split in train val; do
+      for rank in $(seq 0 $((ranks - 1))); do
+        python -m data_curation.precompute --shards "$OUT/tracks/$scheme/$split" --out "$OUT/latents/$scheme/$split" \
+          --model "$OUT/wan" --height "$SIZE" --width "$SIZE" --num-frames "$FRAMES" --device "$DEVICE" \
+          --dtype float32 --rank "$rank" --world-size "$ranks" > "$OUT/logs/latents-$scheme-$split-$rank.log" 2>&1 &
+      done
+    done
+  done
+  wait_all precompute
+}
+
+stage_train() {
+  local arm
+  for arm in $ARMS; do
+    # shellcheck disable=SC2086
+    python train.py fit --config "$HERE/train.yaml" --model.model_path "$OUT/wan" \
+      --model.conditioning "$(arm_kind "$arm")" --model.conditioning_config "$(arm_config "$arm")" \
+      --model.height "$SIZE" --model.width "$SIZE" --model.num_frames "$FRAMES" \
+      --data.train_shards "$OUT/latents/$(arm_queries "$arm")/train" \
+      --data.val_shards "$OUT/latents/$(arm_queries "$arm")/val" --data.num_tracks "$TRACKS" \
+      --data.batch_size "$BATCH" --data.val_batch_size "$BATCH" --trainer.max_steps "$STEPS" \
+      --trainer.default_root_dir "$OUT/runs/$arm" --ckpt_path last_or_new $TRAIN_ARGS \
+      > "$OUT/logs/train-$arm.log" 2>&1 &
+  done
+  wait_all train
+  for arm in $ARMS; do
+    python train.py export --ckpt "$OUT/runs/$arm/checkpoints/last.ckpt" --out "$OUT/exports/$arm"
+  done
+}
+
+stage_generate() {
+  local arm
+  python evaluate.py manifest synthetic --root "$OUT/data/test" --targets-per-scene $((CAMERAS - 1)) \
+    --out "$OUT/eval/manifest.json"
+  for arm in $ARMS; do
+    python evaluate.py generate --manifest "$OUT/eval/manifest.json" --model "$OUT/wan" \
+      --checkpoint "$OUT/exports/$arm" --tracker oracle --query-frames "$(arm_queries "$arm")" --num-queries "$TRACKS" \
+      --height "$SIZE" --width "$SIZE" --steps "$EVAL_STEPS" --guidance 1 --device "$DEVICE" --dtype float32 \
+      --out "$OUT/eval/generated/$arm" > "$OUT/logs/generate-$arm.log" 2>&1 &
+  done
+  wait_all generate
+}
+
+stage_score() {
+  local arm
+  python "$HERE/summarize.py" baselines --manifest "$OUT/eval/manifest.json" --vae "$OUT/vae" --out "$OUT/eval/generated"
+  for arm in $ARMS source_copy autoencoder; do
+    python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$arm" \
+      --out "$OUT/eval/scores/$arm" --metrics reference,camera_accuracy,matched_pixels --matcher sift --no-progress \
+      --device cpu > "$OUT/logs/score-$arm.log" 2>&1
+  done
+  python "$HERE/summarize.py" table --out-dir "$OUT" --arms "$ARMS"
+}
+
+wait_all() {  # wait for every background job; fail (naming the logs) if any failed
+  local failed=0 pid
+  for pid in $(jobs -p); do wait "$pid" || failed=1; done
+  if [ "$failed" = 1 ]; then echo "error: a $1 job failed; see $OUT/logs/$1-*.log" >&2; exit 1; fi
+}
+
+mkdir -p "$OUT/logs"
+stages=("$@")
+[ "${stages[0]:-all}" = all ] && stages=(data autoencoder model curate latents train generate score)
+for stage in "${stages[@]}"; do
+  echo "== $stage ($(date +%T))"
+  "stage_$stage"
+done

@@ -1,0 +1,128 @@
+r"""The experiment's reference rows, results table and contact sheet.
+
+    python experiments/synthetic/summarize.py baselines --manifest M.json --vae RUN/vae --out RUN/eval/generated
+    python experiments/synthetic/summarize.py table --out-dir RUN --arms "tracks camera none ..." [--sheet PNG]
+
+`baselines` writes two reference "methods" in the generated-clips layout, scored like the arms:
+* source_copy: the source video itself as the re-render (what a model that ignores the camera gets);
+* autoencoder: the true target video through the autoencoder (the ceiling any arm can reach in pixels).
+`table` reads every `evaluate.py score` result (RUN/eval/scores/<arm>/results.json, all clips) and prints one
+Markdown table (also written to RUN/eval/results.md); `--sheet` writes a contact sheet: per clip, source | true
+target | each arm, at a few evenly spaced frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = (("psnr", "PSNR (dB) ↑", 2), ("ssim", "SSIM ↑", 3), ("rot_err_deg", "RotErr (deg) ↓", 2),
+           ("trans_err", "TransErr ↓", 3), ("mat_pix_k", "Mat.Pix.(K) ↑", 3))
+
+
+def write_baselines(manifest_path: str, vae_dir: str, out: str) -> None:
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from track2view.data.latents import encode_video, latent_stats
+    from track2view.eval import clips as clip_files
+    from track2view.eval.manifest import read_manifest
+    from track2view.io import atomic_directory, read_video, write_video
+
+    manifest = read_manifest(manifest_path)
+    vae = AutoencoderKLWan.from_pretrained(vae_dir).eval()
+    mean, std = latent_stats(vae)
+    for name in ("source_copy", "autoencoder"):
+        (Path(out) / name).mkdir(parents=True, exist_ok=True)
+    for entry in manifest.clips:
+        for name in ("source_copy", "autoencoder"):
+            folder = Path(out) / name / entry.key
+            if (folder / clip_files.VIDEO).is_file():
+                continue
+            video = entry.source_video if name == "source_copy" else entry.target_video
+            frames, fps = read_video(manifest.video_path(video), max_frames=manifest.num_frames)
+            if name == "autoencoder":
+                pixels = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+                with torch.no_grad():
+                    z = encode_video(vae, pixels) * std + mean
+                    decoded = vae.decode(z).sample[0].clamp(-1, 1)
+                frames = ((decoded.permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
+            with atomic_directory(folder, "track2view-eval-clip") as tmp:
+                write_video(tmp / clip_files.VIDEO, frames, fps)
+
+
+def read_scores(out_dir: Path, arm: str) -> dict:
+    path = out_dir / "eval" / "scores" / arm / "results.json"
+    rows = json.loads(path.read_text())["rows"]
+    return next(r for r in rows if r["split"] == "all")
+
+
+def table(out_dir: Path, arms: list[str]) -> str:
+    head = "| arm | clips | " + " | ".join(h for _, h, _ in COLUMNS) + " | pose failed |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for arm in arms + ["source_copy", "autoencoder"]:
+        row = read_scores(out_dir, arm)
+        cells = [f"{row[k]:.{d}f}" if row.get(k) is not None and np.isfinite(row[k]) else "n/a" for k, _, d in COLUMNS]
+        lines.append(f"| {arm} | {row['clips']} | " + " | ".join(cells) + f" | {row.get('pose_failed', 0)} |")
+    return "\n".join(lines)
+
+
+def contact_sheet(out_dir: Path, arms: list[str], path: Path, clips: int = 3, frames: int = 4) -> None:
+    """Rows: clips; per frame time: source | true target | each arm (labelled across the top)."""
+    from PIL import Image, ImageDraw
+
+    from track2view.eval.manifest import read_manifest
+    from track2view.io import atomic_path, read_video
+
+    manifest = read_manifest(out_dir / "eval" / "manifest.json")
+    step = max(1, len(manifest.clips) // clips)
+    names = ["source", "true target", *arms]
+    rows = []
+    for entry in manifest.clips[::step][:clips]:
+        videos = [read_video(manifest.video_path(entry.source_video))[0],
+                  read_video(manifest.video_path(entry.target_video))[0]]
+        videos += [read_video(out_dir / "eval" / "generated" / arm / entry.key / "video.mp4")[0] for arm in arms]
+        t = len(videos[-1])
+        times = np.linspace(0, t - 1, frames).round().astype(int)
+        rows.append(np.concatenate([np.concatenate([v[min(i, len(v) - 1)] for v in videos], 1) for i in times], 0))
+    sheet = np.concatenate(rows, 0)
+    w = rows[0].shape[1] // len(names)
+    canvas = Image.new("RGB", (sheet.shape[1], sheet.shape[0] + 16), "white")
+    canvas.paste(Image.fromarray(sheet), (0, 16))
+    draw = ImageDraw.Draw(canvas)
+    for i, name in enumerate(names):
+        draw.text((i * w + 3, 2), name, fill="black")
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("baselines")
+    b.add_argument("--manifest", required=True)
+    b.add_argument("--vae", required=True)
+    b.add_argument("--out", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("--out-dir", required=True)
+    t.add_argument("--arms", required=True, help="space-separated arm names")
+    t.add_argument("--sheet", help="write a contact sheet PNG here")
+    a = p.parse_args(argv)
+    if a.command == "baselines":
+        write_baselines(a.manifest, a.vae, a.out)
+        return 0
+    out_dir, arms = Path(a.out_dir), a.arms.split()
+    text = table(out_dir, arms)
+    (out_dir / "eval" / "results.md").write_text(text + "\n")
+    print(text)
+    if a.sheet:
+        contact_sheet(out_dir, [arm for arm in arms if arm in ("tracks", "camera", "none")] or arms, Path(a.sheet))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
