@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from track2view.errors import report_bad_input
+from track2view.inference.speed import add_speed_arguments
 
 
 def _frames(text: str) -> list[int]:
@@ -81,9 +82,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--guidance-interval", default="0,1", metavar="START,END",
+                   help="run CFG only on this fraction of the denoising steps (default %(default)s: every step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
+    add_speed_arguments(p, calibration=False)  # infer.py's speed and memory options (docs/inference.md)
     p.add_argument("--rank", type=int, default=None, help="shard index (default: $RANK, else 0)")
     p.add_argument("--world-size", type=int, default=None, help="number of shards (default: $WORLD_SIZE, else 1)")
 

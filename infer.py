@@ -19,6 +19,10 @@ Trajectories (several may be given; outputs are then suffixed with the trajector
   metres (JSON {"pose": "c2w"|"w2c", "poses": [...]} or npz `c2w`/`w2c`; details in track2view/inference/trajectories.py);
   a file with a single pose gives a static camera at that new viewpoint.
 
+Speed and memory (all off by default; docs/inference.md): --cache first_block|taylorseer|mag (diffusers' step
+caches), --guidance-interval START,END (CFG on part of the steps), --attention-backend NAME, --compile,
+--vae-tiling and --offload model|sequential (smaller GPUs).
+
 Bad input (missing/undecodable video, too few frames, bad pose file, unknown trajectory, no track in the
 target view, a checkpoint that does not match the model) prints one line `error: ...` and exits with 2.
 """
@@ -30,7 +34,9 @@ import sys
 from pathlib import Path
 
 from track2view.errors import report_bad_input
+from track2view.inference.guidance import parse_interval
 from track2view.inference.rerender import InputError, Rerenderer, RerenderRequest
+from track2view.inference.speed import add_speed_arguments, speed_options_from
 from track2view.inference.trajectories import MODES
 
 DEFAULTS = RerenderRequest  # the options' defaults are the request's (Wan-2.1 480p, 81 frames, 1152 queries)
@@ -80,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--steps", type=int, default=DEFAULTS.steps)
     gen.add_argument("--guidance", type=float, default=DEFAULTS.guidance, help="classifier-free guidance on the prompt")
+    gen.add_argument("--guidance-interval", default="0,1", metavar="START,END",
+                     help="run CFG only on this fraction of the denoising steps, the others with the prompt alone "
+                          "(about half the cost); default %(default)s: every step")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--height", type=int, default=DEFAULTS.height)
     gen.add_argument("--width", type=int, default=DEFAULTS.width)
@@ -95,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="default: cuda if available")
     gen.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                      help="default: bfloat16 on GPU, float32 on CPU")
+    add_speed_arguments(p)
     return p
 
 
@@ -104,6 +114,7 @@ def request_from(args) -> RerenderRequest:
                            tracker_options=args.tracker_option, num_queries=args.num_queries,
                            query_frames=args.query_frames, prompt=args.prompt,
                            negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
+                           guidance_interval=parse_interval(args.guidance_interval),
                            seed=args.seed, height=args.height, width=args.width, num_frames=args.num_frames,
                            side_by_side=args.side_by_side, overlay=args.overlay, save_tracks=args.save_tracks,
                            overwrite=args.overwrite)
@@ -113,9 +124,11 @@ def run(args) -> list:
     for flag in ("video", "out", "model"):
         if not getattr(args, flag):
             raise InputError(f"--{flag} is required")
+    request = request_from(args)
     rerenderer = Rerenderer(args.model, args.checkpoint, device=args.device, dtype=args.dtype,
-                            flow_shift=args.flow_shift, fuse_lora=not args.no_fuse_lora, compile=args.compile)
-    return rerenderer.render(request_from(args))
+                            flow_shift=args.flow_shift, fuse_lora=not args.no_fuse_lora, compile=args.compile,
+                            speed=speed_options_from(args))
+    return rerenderer.render(request)
 
 
 def bad_input_types() -> tuple[type, ...]:

@@ -6,9 +6,21 @@ Wan2.1-1.3B shape, random init (no weights needed), 480x832x81 by default: sourc
 * ours: `Track2ViewPipeline.denoise` (the loop the pipeline runs: clean source | noisy target, conditioner
   hook, LoRA r=64 on attention + FFN, CFG batch 2, scheduler step on the target only). Variants: track tokens
   computed once per video (default) or at every step (_nocache), the LoRA fused into the base weights
-  (_fused), compiled blocks (_compiled); --attention-backend for all.
+  (_fused), compiled blocks (_compiled); --attention-backend for all. ours_oneway_cached[_fused][_compiled]: one-way
+  attention (per-token timesteps), the source's keys/values computed once per CFG branch (the source KV cache,
+  track2view/model/source_kv.py) and every step run on the target tokens only; its priming call is timed apart
+  (`source_prime_s`, once per video). ours_pertoken[...]: full attention with per-token timesteps, its reference.
 * plain: the plain diffusers denoising loop (bare WanTransformer3DModel, same tokens, batch 2) plus
   the same CFG combine + scheduler step, i.e. what re-rendering costs without tracks or LoRA.
+* speed options on an ours variant, as infer.py applies them (docs/inference.md): `+first_block`, `+taylorseer`,
+  `+mag` (a diffusers step cache with its infer.py defaults), `+cfg:START:END` (CFG on that fraction of the steps),
+  and on any variant `@BACKEND` (an attention backend for that variant alone, e.g. ours_fused@_native_cudnn next
+  to ours_fused). A step cache decides per step whether to skip, and an unguided step costs half a guided one,
+  so these variants time the whole 50-step loop (never extrapolated) and count `full_block_passes`, the
+  transformer calls that ran the whole block stack. Which steps a cache skips depends on the weights: with
+  random weights the skip pattern (and so the time) of first_block and mag is not the trained model's; the
+  time per full pass and the pass count are what carries over. mag calibrates its ratios on this model first
+  (an untimed run of --calibration-steps steps) unless --mag-ratios FILE (infer.py --cache-calibrate) is given.
 
 To fit a 10-minute budget each variant runs `--warmup` denoising steps and then times `--steps` steps
 (a UniPC run of that many steps: per-step cost does not depend on the step count); seconds per video are
@@ -16,7 +28,10 @@ extrapolated to 50 steps and flagged "extrapolated". Conditioner time is measure
 the conditioner call inside the same steps. One JSON line per variant.
 
     python bench/infer_video.py                      # H200: all variants
+    python bench/infer_video.py --variants ours_fused,ours_fused+first_block,ours_fused+taylorseer,ours_fused+mag
+    python bench/infer_video.py --variants plain,ours_fused,plain@_native_cudnn,ours_fused@_native_cudnn
     python bench/infer_video.py --tiny --device cpu  # smoke test on CPU (tiny shapes)
+    python bench/infer_video.py --variants ours_fused,ours_pertoken_fused,ours_oneway_cached_fused  # one-way + KV cache
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from track2view.inference.guidance import FULL_INTERVAL  # noqa: E402
 from track2view.testing.tiny import TINY_TRANSFORMER, WAN_1_3B  # noqa: E402
 from track2view.tracks import PairedTracks  # noqa: E402
 from track2view.video_size import latent_frames  # noqa: E402
@@ -71,10 +88,14 @@ class ConditionerTimer:
         self.spans = []
 
     def total(self) -> float:
+        return sum(self.durations())
+
+    def durations(self) -> list[float]:
+        """Seconds of each call."""
         sync(self.device)
         if self.device.type == "cuda":
-            return sum(a.elapsed_time(b) for a, b in self.spans) / 1000.0
-        return sum(b - a for a, b in self.spans)
+            return [a.elapsed_time(b) / 1000.0 for a, b in self.spans]
+        return [b - a for a, b in self.spans]
 
     def remove(self):
         for h in self.handles:
@@ -114,11 +135,12 @@ def plain_loop(model, source, embeds, negative, steps, guidance=5.0):
     return latents
 
 
-def timed(fn, device, warmup_steps, steps, timer=None):
+def timed(fn, device, warmup_steps, steps, timer=None, calls=None):
     fn(warmup_steps)
     sync(device)
-    if timer is not None:
-        timer.reset()
+    for t in (timer, calls):
+        if t is not None:
+            t.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
@@ -142,10 +164,15 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant (extrapolated to 50)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, cudnn autotune)")
     p.add_argument("--variants", default="plain,ours_nocache,ours,ours_fused,plain_compiled,ours_fused_compiled",
-                   help="comma list of plain[_compiled] and ours[_nocache][_fused][_compiled]: _nocache runs the "
-                        "conditioner at every step, _fused merges the LoRA, _compiled uses compile_repeated_blocks")
+                   help="comma list of plain[_compiled] and ours[_oneway_cached|_pertoken][_nocache][_fused]"
+                        "[_compiled]: _nocache runs the conditioner at every step, _fused merges the LoRA, _compiled uses "
+                        "compile_repeated_blocks, _oneway_cached one-way attention with the source KV cache, "
+                        "_pertoken per-token timesteps with full attention")
     p.add_argument("--attention-backend", default=None, help="diffusers attention backend for every variant, "
-                   "e.g. _native_cudnn, flash (default: PyTorch SDPA)")
+                   "e.g. _native_cudnn, flash (default: PyTorch SDPA); VARIANT@BACKEND sets one variant's")
+    p.add_argument("--mag-ratios", default=None, help="+mag: a ratios file of infer.py --cache-calibrate "
+                   "(default: calibrate on this model first)")
+    p.add_argument("--calibration-steps", type=int, default=10, help="+mag: steps of the calibration run")
     args = p.parse_args(argv)
     if args.tiny:
         args.height, args.width, args.frames, args.tracks, args.text_len = 32, 48, 9, 64, 16
@@ -180,10 +207,19 @@ def main(argv=None):
     # seconds per video of each of our variants relative to the plain loop (compiled vs compiled)
     ratios = {}
     for name, row in rows.items():
-        plain = rows.get("plain_compiled" if name.endswith("_compiled") else "plain", {})
+        plain = rows.get(plain_counterpart(name), {})
         if name.startswith("ours") and "video_50steps_cfg_s" in row and plain.get("video_50steps_cfg_s"):
             ratios[name] = round(row["video_50steps_cfg_s"] / plain["video_50steps_cfg_s"], 3)
     print(json.dumps({"event": "summary", "video_s_relative_to_plain": ratios, "extrapolated": True}), flush=True)
+
+
+def source_prime_seconds(calls: ConditionerTimer, conditioner: ConditionerTimer) -> float:
+    """The source KV cache's priming (once per video, CFG batch 2): how much longer the first Wan call of the timed
+    run took than the median step, less the conditioner's first call (made inside it)."""
+    durations = calls.durations()
+    if len(durations) < 2:
+        raise ValueError("the one-way variants time their priming call apart: give --steps >= 2")
+    return max(0.0, durations[0] - statistics.median(durations[1:]) - conditioner.durations()[0])
 
 
 def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, source, embeds, negative, tracks):
@@ -192,7 +228,10 @@ def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, sou
     from track2view.inference.pipeline import Track2ViewPipeline
     from track2view.model.transformer import Track2ViewTransformer
 
-    compiled, fused, cache = variant.endswith("_compiled"), "_fused" in variant, "_nocache" not in variant
+    kind, step_cache, interval, backend = parse_variant(variant)  # e.g. ours_fused+first_block@_native_cudnn
+    compiled, fused, cache = kind.endswith("_compiled"), "_fused" in kind, "_nocache" not in kind
+    one_way = "_oneway" in kind
+    per_token = one_way or "_pertoken" in kind
     torch.manual_seed(0)
     timer = None
     with torch.device(device):  # initialise the random weights on the device directly
@@ -202,40 +241,117 @@ def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, sou
             fn = lambda n: plain_loop(model, source, embeds, negative, n)  # noqa: E731
         elif variant.startswith("ours"):
             model = Track2ViewTransformer.from_config(wan_config, torch_dtype=dtype, conditioning_config=conditioner,
-                                                      lora=lora).to(device).eval()
+                                                      lora=lora, attention="one_way" if one_way else "full"
+                                                      ).to(device).eval()
             pipe = Track2ViewPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=model,
-                                      scheduler=scheduler())
+                                      scheduler=scheduler(), timestep_mode="per_token" if per_token else "per_sample")
             pipe.set_progress_bar_config(disable=True)
             if fused:
                 pipe.fuse_lora()
             base, timer = model.transformer, ConditionerTimer(model.conditioning, device)
             fn = lambda n: pipe.denoise(source, embeds, {"tracks": tracks}, negative, num_inference_steps=n,  # noqa: E731
                                         guidance_scale=5.0, generator=torch.Generator().manual_seed(0),
-                                        reuse_conditioning=cache)
+                                        reuse_conditioning=cache, guidance_interval=interval)
         else:
             raise ValueError(f"unknown variant {variant!r}")
-    if args.attention_backend:
-        base.set_attention_backend(args.attention_backend)
+    if backend or args.attention_backend:
+        base.set_attention_backend(backend or args.attention_backend)
     if compiled:
         base.compile_repeated_blocks(fullgraph=True)
+    if step_cache != "none" or interval != FULL_INTERVAL:
+        return time_whole_loop(variant, args, device, base, fn, timer, step_cache, interval)
+    calls = ConditionerTimer(base, device) if one_way else None  # each Wan call; the first one also primes
     try:
         with torch.no_grad():
             t_start = time.perf_counter()
-            seconds, cond_s, peak = timed(fn, device, args.warmup, args.steps, timer)
+            seconds, cond_s, peak = timed(fn, device, args.warmup, args.steps, timer, calls)
             setup_s = time.perf_counter() - t_start - seconds
+        prime_s = source_prime_seconds(calls, timer) if one_way else 0.0
     finally:
-        if timer is not None:
-            timer.remove()
+        for t in (timer, calls):
+            if t is not None:
+                t.remove()
     # the timed run is one denoise call: with cached track tokens it holds one conditioner call for the whole
-    # video, without it one per step; the DiT part scales with the step count
-    dit_per_step = (seconds - cond_s) / args.steps
+    # video, without it one per step; with the source KV cache one priming call; the DiT part scales with the steps
+    dit_per_step = (seconds - cond_s - prime_s) / args.steps
     cond_video = cond_s if (variant.startswith("ours") and cache) else cond_s / args.steps * VIDEO_STEPS
-    video = dit_per_step * VIDEO_STEPS + cond_video
+    video = dit_per_step * VIDEO_STEPS + cond_video + prime_s
     return {"variant": variant, "step_s": round(seconds / args.steps, 4), "video_50steps_cfg_s": round(video, 2),
             "extrapolated": True, "dit_s_per_step": round(dit_per_step, 4),
             "conditioner_s_per_video": round(cond_video, 3),
-            "conditioner_share": round(cond_video / video, 4) if video else None,
+            "conditioner_share": round(cond_video / video, 4) if video else None, "source_prime_s": round(prime_s, 3),
             "warmup_s": round(setup_s, 1), "peak_GiB": round(peak, 2) if peak is not None else None}
+
+
+def parse_variant(variant: str):
+    """'ours_fused+first_block+cfg:0:0.5@_native_cudnn' -> ('ours_fused', 'first_block', (0, 0.5), '_native_cudnn')."""
+    from track2view.inference.guidance import check_interval
+    from track2view.inference.step_cache import PRESETS
+
+    name, _, backend = variant.partition("@")
+    kind, *extras = name.split("+")
+    step_cache, interval = "none", FULL_INTERVAL
+    for extra in extras:
+        if extra in PRESETS:
+            step_cache = extra
+        elif extra.startswith("cfg:") and len(extra.split(":")) == 3:
+            interval = tuple(float(x) for x in extra.split(":")[1:])
+            check_interval(interval, variant)
+        else:
+            raise ValueError(f"unknown option +{extra} of variant {variant!r}; give +first_block, +taylorseer, +mag "
+                             f"or +cfg:START:END")
+    if extras and not kind.startswith("ours"):
+        raise ValueError(f"{variant!r}: step caches and guidance intervals are options of the ours variants")
+    return kind, step_cache, interval, backend or None
+
+
+def plain_counterpart(variant: str) -> str:
+    """The plain variant an ours variant is compared with: the same compilation and attention backend."""
+    kind, _, _, backend = parse_variant(variant)
+    return "plain" + ("_compiled" if kind.endswith("_compiled") else "") + (f"@{backend}" if backend else "")
+
+
+def time_whole_loop(variant, args, device, base, fn, timer, step_cache, interval):
+    """A 50-step video timed whole (its steps differ in cost), with the step cache as infer.py enables it, after
+    --warmup untimed steps; full_block_passes counts the transformer calls that ran every block."""
+    from track2view.inference.step_cache import StepCache, enable_step_cache
+
+    passes = []
+    handle = base.blocks[-1].ffn.register_forward_hook(lambda *_: passes.append(1))
+
+    def counted(n):
+        passes.clear()
+        return fn(n)
+
+    try:
+        with torch.no_grad():
+            enable_step_cache(base, bench_step_cache(step_cache, args, base, fn), VIDEO_STEPS)
+            seconds, cond_s, peak = timed(counted, device, args.warmup, VIDEO_STEPS, timer)
+    finally:
+        handle.remove()
+        timer.remove()
+        enable_step_cache(base, StepCache(), VIDEO_STEPS)
+    return {"variant": variant, "video_50steps_cfg_s": round(seconds, 2), "extrapolated": False,
+            "timed_steps": VIDEO_STEPS, "step_cache": step_cache, "guidance_interval": list(interval),
+            "transformer_calls": VIDEO_STEPS, "full_block_passes": len(passes),
+            "s_per_full_pass": round((seconds - cond_s) / max(len(passes), 1), 4),
+            "conditioner_s_per_video": round(cond_s, 3), "peak_GiB": round(peak, 2) if peak is not None else None}
+
+
+def bench_step_cache(preset: str, args, base, fn):
+    """The StepCache of `preset` with infer.py's defaults; mag's ratios from --mag-ratios, else calibrated on this
+    model by an untimed run of --calibration-steps steps (diffusers maps them to 50 steps)."""
+    from track2view.inference.guidance import BOTH_BRANCHES, POSITIVE_BRANCH
+    from track2view.inference.step_cache import (PRESETS, StepCache, enable_step_cache, parse_step_cache,
+                                                 recorded_mag_ratios)
+
+    if preset != "mag" or args.mag_ratios:
+        return parse_step_cache(preset, [f"mag_ratios_file={args.mag_ratios}"] if preset == "mag" else [])
+    calibration = StepCache("mag", calibrate_to=Path("unused"))  # the ratios are read back, no file is written
+    enable_step_cache(base, calibration, args.calibration_steps)
+    fn(args.calibration_steps)
+    ratios = recorded_mag_ratios(base, (BOTH_BRANCHES, POSITIVE_BRANCH))
+    return StepCache("mag", dict(PRESETS["mag"].defaults), mag_ratios=tuple(ratios))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ in one process, one after the other on the same GPU.
     python bench/train_step.py                                   # baseline + the default variants, 480x832x81
     python bench/train_step.py --variants ours-sel-compile-ffn --memory-profile   # where the peak is
     python bench/train_step.py --variants ours-full ours-sel-compile "mine=ckpt:selective,sel:20,compile:1"
+    python bench/train_step.py --variants ours-sel-compile-ffn-pertoken ours-sel-compile-ffn-oneway  # one-way attention
     H=384 W=672 F=81 python bench/train_step.py                  # another size
     python bench/train_step.py --device cpu --tiny               # smoke test (tiny Wan, 32x32x5)
 
@@ -19,6 +20,8 @@ Variant spec: a preset name (PRESETS) or "name=key:value,..." with keys
     ckpt: none|full|selective   k: checkpoint only the first k blocks   sel: selective for the first m of them
     compile: 0|1 (compiled blocks)   backend: diffusers attention backend   fused: 0|1 (fused AdamW)
     ffn: tokens per chunk of the lean LoRA FFN's backward (SpeedSettings.ffn_chunk_tokens; default off)
+    attn: full|one_way (one-way attention, track2view/model/one_way.py: a quarter less self-attention)
+    t: per_sample|per_token timesteps (one_way needs and implies per_token)
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ PRESETS = {
     "ours-sel-ffn": "ckpt:selective,fused:1,ffn:8192",  # + the lean LoRA FFN (backward 8192 tokens at a time)
     "ours-sel-compile-ffn": "ckpt:selective,compile:1,fused:1,ffn:8192",
     "ours-full-ffn": "ckpt:full,fused:1,ffn:8192",
+    # one-way attention on the GPU configs' levers, and its reference: the same with full attention and the
+    # per-token timesteps one-way attention needs
+    "ours-sel-compile-ffn-pertoken": "ckpt:selective,compile:1,fused:1,ffn:8192,t:per_token",
+    "ours-sel-compile-ffn-oneway": "ckpt:selective,compile:1,fused:1,ffn:8192,attn:one_way",
 }
 DEFAULT_VARIANTS = ["ours-full", "ours-full-ffn", "ours-sel-compile", "ours-sel-compile-ffn"]
 
@@ -62,7 +69,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     body = body or PRESETS.get(name)
     if body is None:
         raise SystemExit(f"unknown variant {spec!r}: use a preset {sorted(PRESETS)} or name=key:value,...")
-    opts = dict(ckpt="full", k=None, sel=None, compile=0, backend=None, fused=1, ffn=None)
+    opts = dict(ckpt="full", k=None, sel=None, compile=0, backend=None, fused=1, ffn=None, attn="full", t=None)
     for item in filter(None, body.split(",")):
         key, _, value = item.partition(":")
         if key not in opts:
@@ -74,7 +81,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
                                           compile_blocks=bool(int(opts["compile"])),
                                           attention_backend=opts["backend"],
                                           ffn_chunk_tokens=None if opts["ffn"] is None else int(opts["ffn"])),
-                      fused=bool(int(opts["fused"])))
+                      fused=bool(int(opts["fused"])), attention=opts["attn"],
+                      timestep_mode=opts["t"] or ("per_token" if opts["attn"] == "one_way" else "per_sample"))
 
 
 class Setup:
@@ -286,7 +294,7 @@ def random_tracks(st: Setup, generator: torch.Generator) -> PairedTracks:
 
 def run_ours(st: Setup, name: str, variant: dict) -> dict:
     model = Track2ViewTransformer(st.base_model(), conditioning_config=st.conditioner,
-                                  lora=dict(rank=st.rank, alpha=st.rank))
+                                  lora=dict(rank=st.rank, alpha=st.rank), attention=variant["attention"])
     model.configure_speed(variant["speed"])
     model.train()
     fused = variant["fused"] and st.device.type == "cuda"
@@ -297,7 +305,7 @@ def run_ours(st: Setup, name: str, variant: dict) -> dict:
     target = torch.randn(latent, generator=gen, device=st.device, dtype=torch.bfloat16)
     text = torch.randn(st.B, st.text_len, st.cfg["text_dim"], generator=gen, device=st.device, dtype=torch.bfloat16)
     tracks = random_tracks(st, gen)
-    fm = FlowMatchingConfig()
+    fm = FlowMatchingConfig(timestep_mode=variant["timestep_mode"])
     st.reset_peak()
 
     def step(phases=None):
@@ -315,7 +323,8 @@ def run_ours(st: Setup, name: str, variant: dict) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    extra = dict(speed=vars(variant["speed"]), fused_adamw=fused, tracks=st.num_tracks,
+    extra = dict(speed=vars(variant["speed"]), fused_adamw=fused, tracks=st.num_tracks, attention=variant["attention"],
+                 timestep_mode=variant["timestep_mode"],
                  trainable_M=round(sum(p.numel() for p in model.trainable_parameters()) / 1e6, 3))
     try:
         result = st.timed(step, name, extra, compiled=variant["speed"].compile_blocks)

@@ -166,6 +166,8 @@ def test_bad_input_is_one_line_and_writes_nothing(workspace):
 class CopyRerenderer:
     """Stands in for the pipeline: 'generates' the source video itself (the sharding logic is what is tested)."""
 
+    kind = "tracks"  # the conditioning kind of the export it stands for (a "none" one takes no poses)
+
     def __init__(self):
         self.requests = []
 

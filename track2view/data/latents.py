@@ -89,12 +89,14 @@ def latent_stats(vae) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def encode_video(vae, frames: torch.Tensor, temporal_stride: int = 4) -> torch.Tensor:
+def encode_video(vae, frames: torch.Tensor, temporal_stride: int = 4,
+                 device: torch.device | None = None) -> torch.Tensor:
     """Encode videos [B, 3, T, H, W] in [-1, 1] with the Wan VAE -> normalized latents [B, C, F, H/8, W/8] float32.
 
     Uses the posterior mode (deterministic, as `WanImageToVideoPipeline` does for its condition).
     T must be temporal_stride*k + 1 (the causal VAE maps it to k + 1 latent frames). Each video in
-    the batch is encoded on its own by the VAE, so source and target never mix.
+    the batch is encoded on its own by the VAE, so source and target never mix. `device`: where the VAE computes
+    (default: where its weights are; under CPU offload, the pipeline's execution device).
     """
     if frames.dim() != 5 or frames.shape[1] != 3:
         raise ValueError(f"videos must be [B, 3, T, H, W], got {tuple(frames.shape)}")
@@ -103,18 +105,19 @@ def encode_video(vae, frames: torch.Tensor, temporal_stride: int = 4) -> torch.T
         raise ValueError(f"{t} frames cannot be encoded by the Wan VAE: it needs {temporal_stride}k+1 frames "
                          f"(e.g. 81); trim the video (--num-frames)")
     param = next(vae.parameters())
-    z = vae.encode(frames.to(device=param.device, dtype=param.dtype)).latent_dist.mode().float()
+    z = vae.encode(frames.to(device=device or param.device, dtype=param.dtype)).latent_dist.mode().float()
     mean, std = latent_stats(vae)
     return (z - mean.to(z.device)) / std.to(z.device)
 
 
 @torch.no_grad()
-def encode_prompt(tokenizer, text_encoder, prompts: list[str], max_length: int = 512) -> list[torch.Tensor]:
+def encode_prompt(tokenizer, text_encoder, prompts: list[str], max_length: int = 512,
+                  device: torch.device | None = None) -> list[torch.Tensor]:
     """UMT5 embeddings of each prompt, trimmed to its tokens: list of [L_i, text_dim] (text encoder dtype).
 
     Same steps as `WanPipeline._get_t5_prompt_embeds` (prompt cleaning, padding to max_length, attention
     mask), except that the zero padding is not added: the loader pads at collate time. Hand-written
-    because the pipeline method returns the padded batch without the lengths.
+    because the pipeline method returns the padded batch without the lengths. `device`: as in `encode_video`.
     """
     from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
@@ -122,7 +125,7 @@ def encode_prompt(tokenizer, text_encoder, prompts: list[str], max_length: int =
         prompts = [prompts]
     inputs = tokenizer([prompt_clean(p) for p in prompts], padding="max_length", max_length=max_length,
                        truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-    device = next(text_encoder.parameters()).device
+    device = device or next(text_encoder.parameters()).device
     hidden = text_encoder(inputs.input_ids.to(device), inputs.attention_mask.to(device)).last_hidden_state
     lengths = inputs.attention_mask.gt(0).sum(dim=1).tolist()
     return [h[:n] for h, n in zip(hidden, lengths)]

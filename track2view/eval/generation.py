@@ -51,14 +51,16 @@ def _record_generation(out: Path, manifest: Manifest, settings: dict) -> None:
 
 def render_clip(rerenderer, request_options: dict, manifest: Manifest, entry, out: Path, root=None) -> Path:
     """Re-render one clip into <out>/<key>/ (atomically); returns the folder."""
-    from track2view.inference.rerender import InputError, RerenderRequest
+    from track2view.inference.rerender import CAMERA_KINDS, InputError, RerenderRequest
     from track2view.inference.trajectories import TrajectoryError, save_poses
 
+    with_camera = rerenderer.kind in CAMERA_KINDS  # a "none" model re-renders without the target cameras
     with atomic_directory(out / entry.key, CLIP_KIND) as folder:
         save_poses(folder / clip_files.POSES, entry.target_c2w)
         request = RerenderRequest(video=str(manifest.video_path(entry.source_video, root)),
-                                  out=str(folder / clip_files.VIDEO), poses=[str(folder / clip_files.POSES)],
-                                  prompt=entry.prompt, num_frames=manifest.num_frames, save_tracks=True,
+                                  out=str(folder / clip_files.VIDEO),
+                                  poses=[str(folder / clip_files.POSES)] if with_camera else [],
+                                  prompt=entry.prompt, num_frames=manifest.num_frames, save_tracks=with_camera,
                                   **request_options)
         try:
             written = rerenderer.render(request)
@@ -91,20 +93,28 @@ def generate(manifest: Manifest, out, rerenderer, request_options: dict, rank: i
 
 def generate_from_args(a) -> list[Path]:
     """evaluate.py generate's options -> `generate`."""
+    from track2view.inference.guidance import parse_interval
     from track2view.inference.rerender import InputError, Rerenderer
+    from track2view.inference.speed import speed_options_from
 
     manifest = read_manifest(a.manifest)
     rank, world_size = shard(a.rank, a.world_size)
+    try:
+        interval, speed = parse_interval(a.guidance_interval), speed_options_from(a)
+    except ValueError as e:
+        raise EvalInputError(str(e)) from None
     options = dict(tracker=a.tracker, tracker_options=a.tracker_option, steps=a.steps, guidance=a.guidance,
-                   seed=a.seed, height=a.height, width=a.width)
+                   guidance_interval=interval, seed=a.seed, height=a.height, width=a.width)
     if a.num_queries:
         options["num_queries"] = a.num_queries
     if a.query_frames:
         options["query_frames"] = a.query_frames
     try:
-        rerenderer = Rerenderer(a.model, a.checkpoint, device=default_device(a.device), dtype=a.dtype)
+        rerenderer = Rerenderer(a.model, a.checkpoint, device=default_device(a.device), dtype=a.dtype, speed=speed)
     except InputError as e:
         raise EvalInputError(str(e)) from None
     settings = {"model": str(a.model), "checkpoint": a.checkpoint, **{k: v for k, v in options.items()
-                                                                       if k != "tracker_options"}}
+                                                                       if k != "tracker_options"},
+                "speed": {"cache": a.cache, "cache_options": a.cache_option, "attention_backend": a.attention_backend,
+                          "vae_tiling": a.vae_tiling, "offload": a.offload}}
     return generate(manifest, a.out, rerenderer, options, rank, world_size, a.root, settings)

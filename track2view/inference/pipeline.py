@@ -15,7 +15,8 @@ computed once per video (`Track2ViewTransformer.constant_conditioning`).
 As in training (paper Sec. 3.4), the source half is never noised. Timesteps follow the export's training
 `timestep_mode` (`ExportInfo.timestep_mode`): one per sample (the default) or per token with t = 0 on the
 source half, built by flow_matching's own function.
-The two CFG branches (negative, positive prompt) run as one batch of 2. The scheduler is the model
+The two CFG branches (negative, positive prompt) run as one batch of 2 (on every step, or only on the steps of
+a `guidance_interval`: the others run the positive branch alone). The scheduler is the model
 directory's (Wan-2.1: UniPC with flow sigmas, shift 3.0 at 480p); `flow_shift` overrides the shift.
 
 Several trajectories of one source video share its encoding: `prepare_source(...)` returns a `SourceCache`
@@ -34,6 +35,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from track2view.data.latents import encode_prompt, encode_video, latent_stats, resize_and_crop
+from track2view.inference.guidance import BOTH_BRANCHES, FULL_INTERVAL, POSITIVE_BRANCH, guided_steps
 from track2view.model.export import ExportInfo
 from track2view.model.flow_matching import TIMESTEP_MODES, token_timesteps
 from track2view.tracks import PairedTracks
@@ -154,7 +156,8 @@ class Track2ViewPipeline(DiffusionPipeline):
     def encode_prompts(self, prompt: str, negative_prompt: str | None, do_cfg: bool):
         """(prompt_embeds [1, 512, D], negative [1, 512, D] or None), zero-padded as WanPipeline does."""
         prompts = [prompt or ""] + ([negative_prompt or ""] if do_cfg else [])
-        embeds = encode_prompt(self.tokenizer, self.text_encoder, prompts, max_length=MAX_SEQUENCE_LENGTH)
+        embeds = encode_prompt(self.tokenizer, self.text_encoder, prompts, max_length=MAX_SEQUENCE_LENGTH,
+                               device=self._execution_device)
         padded = [torch.cat([e, e.new_zeros(MAX_SEQUENCE_LENGTH - len(e), e.shape[-1])])[None] for e in embeds]
         return padded[0], (padded[1] if do_cfg else None)
 
@@ -183,7 +186,7 @@ class Track2ViewPipeline(DiffusionPipeline):
             raise ValueError(f"the video has {len(video)} frames, {num_frames} are needed")
         self.check_size(height, width, num_frames)
         pixels = resize_and_crop(video[:num_frames], height, width)  # [3, T, H, W] in [-1, 1]
-        latents = encode_video(self.vae, pixels[None], self.vae_scale_factor_temporal)
+        latents = encode_video(self.vae, pixels[None], self.vae_scale_factor_temporal, self._execution_device)
         prompt_embeds, negative = self.encode_prompts(prompt, negative_prompt, guidance_scale > 1.0)
         frames = ((pixels.permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
         return SourceCache(latents, prompt_embeds, negative, frames, fps)
@@ -193,13 +196,17 @@ class Track2ViewPipeline(DiffusionPipeline):
     def denoise(self, source_latents: torch.Tensor, prompt_embeds: torch.Tensor, inputs: dict,
                 negative_prompt_embeds: torch.Tensor | None = None, num_inference_steps: int = 50,
                 guidance_scale: float = 5.0, generator: torch.Generator | None = None,
-                latents: torch.Tensor | None = None, reuse_conditioning: bool = True) -> torch.Tensor:
+                latents: torch.Tensor | None = None, reuse_conditioning: bool = True,
+                guidance_interval: tuple[float, float] = FULL_INTERVAL) -> torch.Tensor:
         """Target latents [1, 16, F, h, w] from clean source latents [1, 16, F, h, w] and the conditioning
         `inputs` of one video at the latent stride (batch 1: tracks [1, 2, F, N], cameras [1, F, 12]). With CFG
         (negative embeds given, guidance > 1) the negative and the positive branch run as one batch of 2; both see
         the same inputs and source. `reuse_conditioning`: compute the conditioning tokens once per video instead
-        of once per step (`Track2ViewTransformer.constant_conditioning`; the same result)."""
-        device, dtype = next(self.transformer.parameters()).device, self.transformer.dtype
+        of once per step (`Track2ViewTransformer.constant_conditioning`; the same result). A model with one-way
+        attention computes the source once per CFG branch and steps on the target tokens only
+        (`Track2ViewTransformer.source_kv_cache`; the same result). `guidance_interval`: the fraction of the steps
+        that run CFG, the others the positive branch alone (track2view/inference/guidance.py; default all)."""
+        device, dtype = self._execution_device, self.transformer.dtype  # under CPU offload, not the weights' device
         do_cfg = negative_prompt_embeds is not None and guidance_scale > 1.0
         inputs = with_batch_axis(inputs)
         source = source_latents.to(device, dtype)
@@ -210,38 +217,47 @@ class Track2ViewPipeline(DiffusionPipeline):
         embeds = embeds.to(device, dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         self.scheduler.set_begin_index(0)
+        timesteps = self.scheduler.timesteps
+        guided = guided_steps(len(timesteps), guidance_interval) if do_cfg else [False] * len(timesteps)
+        if self.transformer.transformer.is_cache_enabled:  # a new video: step caches forget the last one
+            self.transformer.transformer._reset_stateful_cache()
         reuse = self.transformer.constant_conditioning() if reuse_conditioning else contextlib.nullcontext()
-        with reuse:
-            return self._denoise_loop(source, latents, embeds, inputs, self.scheduler.timesteps,
-                                      guidance_scale if do_cfg else None)
+        with reuse, self.transformer.source_kv_cache():  # one-way attention: steps run on the target tokens only
+            return self._denoise_loop(source, latents, embeds, inputs, timesteps, guidance_scale, guided)
 
-    def _denoise_loop(self, source, latents, embeds, inputs, timesteps, guidance_scale):
-        """source [1, 16, F, h, w] (transformer dtype), latents [1, 16, F, h, w] float32, embeds [B, L, D] with
-        B = 2 (negative, positive) when guidance_scale is not None, else 1; inputs of batch 1."""
-        dtype, batch, num_target = self.transformer.dtype, len(embeds), latents.shape[2]
+    def _denoise_loop(self, source, latents, embeds, inputs, timesteps, guidance_scale, guided):
+        """source [1, 16, F, h, w] (transformer dtype), latents [1, 16, F, h, w] float32, embeds [B, L, D]: 2
+        (negative, positive) with CFG, else 1; inputs of batch 1; guided: per step, whether it runs CFG."""
         with self.progress_bar(total=len(timesteps)) as bar:  # silence: set_progress_bar_config(disable=True)
-            for t in timesteps:
-                hidden = torch.cat([source, latents.to(dtype)], dim=2)  # [1, 16, 2F, h, w]: source | target
-                hidden = hidden.expand(batch, *hidden.shape[1:])
-                timestep = token_timesteps(t.expand(batch), self.config.timestep_mode, hidden.shape, self.patch_size)
-                with self.transformer.cache_context("cond_uncond"):  # diffusers' step caches key their state by it
-                    out = self.transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=embeds,
-                                           **inputs)
-                pred = out[:, :, -num_target:].float()  # the target half's velocity
-                if guidance_scale is not None:
-                    uncond, cond = pred.chunk(2)
+            for t, cfg in zip(timesteps, guided):
+                if cfg:
+                    uncond, cond = self._velocity(source, latents, embeds, inputs, t).chunk(2)
                     pred = uncond + guidance_scale * (cond - uncond)
+                else:
+                    pred = self._velocity(source, latents, embeds[-1:], inputs, t)
                 latents = self.scheduler.step(pred, t, latents, return_dict=False)[0]
                 bar.update()
         return latents
 
+    def _velocity(self, source, latents, embeds, inputs, t) -> torch.Tensor:
+        """The target half's velocity [B, 16, F, h, w] float32 for B = len(embeds) prompts, in cache context
+        "cond_uncond" (B = 2) or "cond" (B = 1): diffusers' step caches and the source KV cache key their state by it
+        (the batch differs)."""
+        batch = len(embeds)
+        hidden = torch.cat([source, latents.to(source.dtype)], dim=2)  # [1, 16, 2F, h, w]: source | target
+        hidden = hidden.expand(batch, *hidden.shape[1:])
+        timestep = token_timesteps(t.expand(batch), self.config.timestep_mode, hidden.shape, self.patch_size)
+        with self.transformer.cache_context(BOTH_BRANCHES if batch == 2 else POSITIVE_BRANCH):
+            out = self.transformer(hidden_states=hidden, timestep=timestep, encoder_hidden_states=embeds, **inputs)
+        return out[:, :, -latents.shape[2]:].float()
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalized latents [1, 16, F, h, w] -> frames [T, 3, H, W] float32 in [0, 1]."""
-        param = next(self.vae.parameters())
+        device, dtype = self._execution_device, next(self.vae.parameters()).dtype
         mean, std = latent_stats(self.vae)
-        z = latents.to(param.device, torch.float32) * std.to(param.device) + mean.to(param.device)
-        video = self.vae.decode(z.to(param.dtype), return_dict=False)[0]  # [1, 3, T, H, W] in [-1, 1]
+        z = latents.to(device, torch.float32) * std.to(device) + mean.to(device)
+        video = self.vae.decode(z.to(dtype), return_dict=False)[0]  # [1, 3, T, H, W] in [-1, 1]
         return ((video[0].float().permute(1, 0, 2, 3) + 1) / 2).clamp(0, 1).cpu()
 
     # ---- the call -----------------------------------------------------------------------------------------------
@@ -250,7 +266,8 @@ class Track2ViewPipeline(DiffusionPipeline):
                  negative_prompt: str | None = None, num_inference_steps: int = 50, guidance_scale: float = 5.0,
                  generator: torch.Generator | None = None, height: int = DEFAULT_HEIGHT, width: int = DEFAULT_WIDTH,
                  num_frames: int | None = None, fps: float | None = None, source: SourceCache | None = None,
-                 latents: torch.Tensor | None = None, output_type: str = "np", return_dict: bool = True):
+                 latents: torch.Tensor | None = None, output_type: str = "np", return_dict: bool = True,
+                 guidance_interval: tuple[float, float] = FULL_INTERVAL):
         """Re-render `video` (frames [T, H0, W0, 3] uint8) along the camera the conditioning `inputs` describe.
 
         inputs: what the model's conditioning kind reads, for this one video: {"tracks": PairedTracks [2, T, N] at
@@ -258,6 +275,7 @@ class Track2ViewPipeline(DiffusionPipeline):
         (`track2view.inference.rerender.conditioning_inputs` builds them from a trajectory). `source`: a
         `prepare_source` result to reuse (then `video`, `prompt`, `negative_prompt`, `height`, `width`,
         `num_frames` are taken from it). output_type: "np", "pt" or "latent" (see Track2ViewPipelineOutput).
+        guidance_interval: (start, end) fractions of the steps that run CFG (guidance.py; default all).
         """
         if output_type not in ("np", "pt", "latent"):
             raise ValueError(f"output_type must be 'np', 'pt' or 'latent', got {output_type!r}")
@@ -270,7 +288,7 @@ class Track2ViewPipeline(DiffusionPipeline):
         if guidance_scale > 1.0 and negative is None:
             raise ValueError("the source was prepared without CFG (guidance_scale <= 1); prepare it again")
         target = self.denoise(source.latents, source.prompt_embeds, inputs, negative, num_inference_steps,
-                              guidance_scale, generator, latents)
+                              guidance_scale, generator, latents, guidance_interval=guidance_interval)
         if output_type == "latent":
             frames = target
         else:

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from track2view.inference.guidance import BOTH_BRANCHES, FULL_INTERVAL, POSITIVE_BRANCH, check_interval, guided_steps
+from track2view.inference.speed import SpeedOptions, apply_speed_options
+from track2view.inference.step_cache import enable_step_cache, recorded_mag_ratios, write_mag_ratios
 from track2view.inference.trajectories import Trajectory, load_poses, make_trajectory, resolve_name, scene_scale
 from track2view.model.export import ExportInfo
 from track2view.trackers.queries import DEFAULT_NUM_QUERIES, MAX_QUERIES, QUERY_FRAMES
@@ -50,6 +53,7 @@ class RerenderRequest:
     negative_prompt: str = ""
     steps: int = 50
     guidance: float = 5.0
+    guidance_interval: tuple[float, float] = FULL_INTERVAL  # fractions of the steps that run CFG (guidance.py)
     seed: int = 0
     height: int = 480
     width: int = 832
@@ -75,8 +79,11 @@ class Rerenderer:
 
     def __init__(self, model_dir: str, checkpoint: str | None = None, device: str | None = None,
                  dtype: str | None = None, flow_shift: float | None = None, fuse_lora: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, speed: SpeedOptions | None = None):
+        """speed: step cache, attention backend, VAE tiling, offload (track2view/inference/speed.py)."""
         check_device(device)
+        self.speed = speed or SpeedOptions()
+        _as_input_error(self.speed.check, device)
         if not (Path(model_dir) / "model_index.json").is_file():
             raise InputError(f"--model {model_dir} is not a diffusers model directory (no model_index.json); pass "
                              f"the Wan-2.1 T2V diffusers folder")
@@ -86,7 +93,7 @@ class Rerenderer:
         self.flow_shift, self.fuse_lora, self.compile = flow_shift, fuse_lora, compile
         self.info = ExportInfo.read(checkpoint) if checkpoint else None
         self.kind = self.info.conditioning if self.info else "tracks"
-        self._pipe = None
+        self._pipe, self._cache_steps = None, None
 
     def pipeline(self):
         """The Track2ViewPipeline, loaded on first use (so that bad input is reported before the slow load)."""
@@ -100,9 +107,12 @@ class Rerenderer:
             dtype = parse_dtype(self.dtype, "--dtype") if self.dtype else (
                 torch.bfloat16 if device.startswith("cuda") else torch.float32)
             pipe = Track2ViewPipeline.from_checkpoint(self.model_dir, self.checkpoint, torch_dtype=dtype,
-                                                      flow_shift=self.flow_shift, info=self.info).to(device)
+                                                      flow_shift=self.flow_shift, info=self.info)
+            if self.speed.offload == "none":  # else the offload hooks place the weights, after the LoRA is merged
+                pipe.to(device)
             if self.checkpoint and self.fuse_lora:
                 pipe.fuse_lora()
+            _as_input_error(apply_speed_options, pipe, device, self.speed)
             if self.compile:
                 pipe.transformer.transformer.compile_repeated_blocks(fullgraph=True)
             self._pipe = pipe
@@ -113,19 +123,35 @@ class Rerenderer:
         import torch
 
         check_request(request, self.kind)
+        guided = guided_steps(request.steps, request.guidance_interval) if request.guidance > 1 else []
+        _as_input_error(self.speed.cache.check_run, guided, request.overwrite)
         poses = [load_poses(p, request.num_frames) for p in request.poses]  # parsed once, metres kept
         video, fps = read_clip(request.video, request.num_frames)
         views = self._views(request, video, poses)
         pipe = self.pipeline()
+        self._use_step_cache(pipe, request.steps)
         source = pipe.prepare_source(video, request.prompt, request.negative_prompt, request.height, request.width,
                                      request.num_frames, request.guidance, fps)
-        free_text_encoder(pipe)
-        written = []
+        if self.speed.offload == "none":  # with offload, its hooks move the text encoder off the GPU
+            free_text_encoder(pipe)
+        written, calibrated = [], []
         for view, path in zip(views, output_paths(Path(request.out), [v.name for v in views])):
             result = pipe(source=source, inputs=view.inputs, num_inference_steps=request.steps,
-                          guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed))
+                          guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed),
+                          guidance_interval=request.guidance_interval)
             written += write_outputs(path, request, view, source.frames, result.frames, fps)
+            if self.speed.cache.calibrate_to:
+                calibrated.append(recorded_mag_ratios(pipe.transformer.transformer, (BOTH_BRANCHES, POSITIVE_BRANCH)))
+        if calibrated:
+            written.append(write_mag_ratios(self.speed.cache.calibrate_to, calibrated, model=str(self.model_dir),
+                                            checkpoint=self.checkpoint))
         return written
+
+    def _use_step_cache(self, pipe, steps: int) -> None:
+        """The step cache for runs of `steps` steps (re-enabled when the count changes: MagCache maps its ratios)."""
+        if self._cache_steps != steps:
+            enable_step_cache(pipe.transformer.transformer, self.speed.cache, steps)
+            self._cache_steps = steps
 
     def _views(self, request: RerenderRequest, video: np.ndarray, poses: list[Trajectory]) -> list[View]:
         if self.kind not in CAMERA_KINDS:
@@ -192,6 +218,7 @@ def check_request(r: RerenderRequest, kind: str) -> None:
         raise InputError(problem)
     if r.steps < 1:
         raise InputError(f"--steps must be >= 1, got {r.steps}")
+    _as_input_error(check_interval, r.guidance_interval, "--guidance-interval")
     if not 2 <= r.num_queries <= MAX_QUERIES:
         raise InputError(f"--num-queries must be in [2, {MAX_QUERIES}], got {r.num_queries}")
     if r.query_frames not in QUERY_FRAMES:
@@ -224,6 +251,14 @@ def check_output(r: RerenderRequest, kind: str) -> None:
             raise InputError(f"{path} is a directory; --out names the video file to write")
         if path.exists() and not r.overwrite:
             raise InputError(f"{path} exists; pass --overwrite to replace it, or choose another --out")
+
+
+def _as_input_error(check, *args):
+    """`check(*args)`, its ValueError (a library check's message) raised as InputError."""
+    try:
+        return check(*args)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def check_device(device: str | None) -> None:

@@ -6,7 +6,8 @@
     <dir>/transformer/                       only for a base trained as a whole (`train_base`, models trained from
                                              scratch): the trained WanTransformer3DModel in diffusers' layout
     <dir>/track2view.json                    `ExportInfo`: conditioning kind and config, base-model fingerprint,
-                                             LoRA settings, latent stride, number of tracks, training excerpt
+                                             LoRA settings, attention, latent stride, number of tracks, training
+                                             excerpt
 
 `write_export` needs only the trained tensors (no base model); `ExportInfo.read` is the one place that
 parses track2view.json, and what it returns travels to every consumer (pipeline, infer.py, evaluation).
@@ -76,6 +77,7 @@ class ExportInfo:
     training: dict = field(default_factory=dict)  # checkpoint, step and the training settings of EXPORTED_HPARAMS
     format: int = FORMAT
     transformer: str | None = None  # subfolder holding the trained base; None: the base model is the user's
+    attention: str = "full"  # self-attention it was trained with: "full" or "one_way" (track2view/model/one_way.py)
 
     @property
     def timestep_mode(self) -> str:

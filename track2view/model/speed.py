@@ -64,13 +64,21 @@ def _attention_ops() -> set:
 
 
 def save_self_attention_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    """Keep the outputs of self-attention kernels (query and key of equal shape); recompute everything else.
+    """Keep the outputs of self-attention kernels; recompute everything else.
 
-    Cross-attention over 512 text tokens is cheap to recompute and is not kept.
+    Self-attention: query and key of equal shape, or one-way attention's target call (track2view/model/one_way.py:
+    the keys are all tokens, twice the target queries). Cross-attention over 512 text tokens is cheap to recompute
+    and is not kept.
     """
-    if op in _ATTENTION_OPS and len(args) >= 2 and args[0].shape == args[1].shape:
+    if op in _ATTENTION_OPS and len(args) >= 2 and _is_self_attention(args[0].shape, args[1].shape):
         return CheckpointPolicy.MUST_SAVE
     return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _is_self_attention(query: torch.Size, key: torch.Size) -> bool:
+    """Equal shapes, or shapes that differ in one axis only (the sequence), where the key is twice the query."""
+    differ = [(q, k) for q, k in zip(query, key) if q != k]
+    return len(query) == len(key) and (not differ or (len(differ) == 1 and differ[0][1] == 2 * differ[0][0]))
 
 
 _ATTENTION_OPS = _attention_ops()

@@ -7,7 +7,9 @@
 
 diffusers' forward is used as is (LoRA, gradient checkpointing, attention backends, compiled blocks, caches
 and context parallelism keep working). Only the LoRA and the conditioning train; `save_trained` writes only
-them (track2view/model/export.py). Speed levers: track2view/model/speed.py.
+them (track2view/model/export.py). Speed levers: track2view/model/speed.py. `attention="one_way"` (off by default:
+the paper uses full attention) lets the source tokens attend only to the source (track2view/model/one_way.py),
+and `source_kv_cache()` then runs inference steps on the target tokens only (track2view/model/source_kv.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from track2view.conditioning import build_conditioning, inputs_to, load_conditio
 from track2view.conditioning.hook import attach
 from track2view.model.export import (CONDITIONING_SUBFOLDER, TRAINED_BASE_SUBFOLDER, ExportInfo, TrainedBase,
                                      base_fingerprint, plain_config, read_lora_state, read_trained_base, write_export)
+from track2view.model.one_way import check_timestep_mode, set_attention
+from track2view.model.source_kv import source_kv_cache
 from track2view.model.speed import SpeedSettings, checkpoint_conditioning, configure_speed
 
 
@@ -61,8 +65,10 @@ class Track2ViewTransformer(nn.Module):
 
     def __init__(self, transformer, conditioning: str = "tracks", conditioning_config: dict | None = None,
                  lora: LoraSettings | dict | None | bool = None, trainable_dtype: torch.dtype = torch.float32,
-                 adapter_name: str = "default"):
-        """lora: LoRA settings (None: the defaults) or False for no LoRA (a base trained as a whole, `train_base`)."""
+                 adapter_name: str = "default", attention: str = "full"):
+        """lora: LoRA settings (None: the defaults) or False for no LoRA (a base trained as a whole, `train_base`).
+        attention: "full" (the paper's) or "one_way" (source tokens attend to the source only; per-token
+        timesteps)."""
         super().__init__()
         transformer.requires_grad_(False)
         self.transformer = transformer
@@ -75,6 +81,7 @@ class Track2ViewTransformer(nn.Module):
         token_dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         self.speed = SpeedSettings(checkpointing="none")
         self.set_conditioning(build_conditioning(conditioning, token_dim, conditioning_config))
+        self.set_attention(attention)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -116,6 +123,11 @@ class Track2ViewTransformer(nn.Module):
                                          self.trainable_dtype)
         self.hook = attach(self.transformer.patch_embedding, self.conditioning)
         checkpoint_conditioning(self.conditioning, self.speed)
+
+    def set_attention(self, attention: str) -> None:
+        """Self-attention from now on: "full" or "one_way" (track2view/model/one_way.py)."""
+        set_attention(self.transformer, attention)
+        self.attention = attention
 
     def _add_lora(self, settings: LoraSettings) -> None:
         if self.adapter_name in getattr(self.transformer, "peft_config", {}):
@@ -160,6 +172,14 @@ class Track2ViewTransformer(nn.Module):
             self.hook.reuse_tokens = False
             self.hook.reset_state(self.transformer.patch_embedding)
 
+    def source_kv_cache(self):
+        """Within the block, with one-way attention, every call runs only the target tokens through the blocks, over
+        the source keys/values computed on the first call of each cache context (one re-render; calls inside
+        `cache_context(name)`; the output's source half is then zeros). With full attention: no change."""
+        if self.attention != "one_way":
+            return contextlib.nullcontext()
+        return source_kv_cache(self.transformer)
+
     def train_base(self) -> None:
         """Train every base parameter too (models trained from scratch: no pretrained base exists), in
         `trainable_dtype`; the export then carries the trained base (ExportInfo.transformer)."""
@@ -182,6 +202,7 @@ class Track2ViewTransformer(nn.Module):
             raise ValueError(f"hidden_states must be [B, C, 2F, h, w], got {tuple(hidden_states.shape)}")
         frames = hidden_states.shape[2] // self.config.patch_size[0]
         self.conditioning.check_inputs(inputs, hidden_states.shape[0], frames // 2)
+        check_timestep_mode(self.attention, "per_token" if timestep.dim() == 2 else "per_sample")
         self.hook.inputs = inputs_to(inputs, hidden_states.device)
         try:
             return self.transformer(hidden_states=hidden_states, timestep=timestep,
@@ -208,7 +229,8 @@ class Track2ViewTransformer(nn.Module):
         (latent_stride, num_tracks, training)."""
         export = ExportInfo(conditioning=self.kind, conditioning_config=plain_config(self.conditioning.config),
                             base_model=self.fingerprint(), lora=asdict(self.lora) if self.lora else None,
-                            transformer=TRAINED_BASE_SUBFOLDER if self.base_trains else None, **info)
+                            transformer=TRAINED_BASE_SUBFOLDER if self.base_trains else None,
+                            attention=self.attention, **info)
         metadata = self.transformer.peft_config[self.adapter_name].to_dict() if self.lora else {}
         base = TrainedBase(self.transformer.state_dict(), dict(self.transformer.config)) if self.base_trains else None
         return write_export(directory, self.lora_state(), metadata, self.conditioning, export, base)
@@ -217,7 +239,7 @@ class Track2ViewTransformer(nn.Module):
                      base: bool = True) -> "Track2ViewTransformer":
         """Load an export into this model (in place; returns self): its conditioning, its LoRA and (`base`) the
         base weights it trained, if any. Raises ValueError when the export was trained for a different base
-        model. LoRA and conditioning are rebuilt to the export's settings."""
+        model. LoRA, conditioning and attention are rebuilt to the export's settings."""
         directory = Path(directory)
         info = info or ExportInfo.read(directory)
         info.check_base(dict(self.transformer.config), "this model")
@@ -226,6 +248,7 @@ class Track2ViewTransformer(nn.Module):
         if info.lora is not None:
             self._load_lora(directory, info)
         self.set_conditioning(load_conditioning(info.conditioning, directory / CONDITIONING_SUBFOLDER))
+        self.set_attention(info.attention)
         return self
 
     def _load_lora(self, directory: Path, info: ExportInfo) -> None:

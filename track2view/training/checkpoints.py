@@ -130,6 +130,7 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_pat
                       conditioning_config=plain_config(conditioning.config),
                       base_model=base_fingerprint(base), lora=asdict(lora) if lora else None,
                       transformer=TRAINED_BASE_SUBFOLDER if trained_base else None,
+                      attention=h.get("attention", "full"),
                       latent_stride=data.get("temporal_stride", 4), num_tracks=data.get("num_tracks"),
                       training={"checkpoint": str(ckpt), "global_step": loaded["global_step"],
                                 **{k: h.get(k) for k in EXPORTED_HPARAMS}})
