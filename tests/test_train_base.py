@@ -73,5 +73,8 @@ def test_init_from_refuses_another_kind_and_a_lora_under_train_base(tmp_path, ti
         Track2ViewModule(model_path=str(tiny_wan_dir), conditioning="camera", init_from=str(out))
     with pytest.raises(ConfigError, match="holds a LoRA but model.train_base"):
         Track2ViewModule(model_path=str(tiny_wan_dir), train_base=True, init_from=str(out))
+    with pytest.raises(ConfigError, match="another model.conditioning_config .*num_layers: export 2, config 8"):
+        Track2ViewModule(model_path=str(tiny_wan_dir), init_from=str(out),
+                         conditioning_config={"width": 64, "num_heads": 4})
     with pytest.raises(ConfigError, match="not a Track2View export"):
         Track2ViewModule(model_path=str(tiny_wan_dir), init_from=str(tmp_path))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The synthetic learning experiment (experiments/synthetic/README.md), stage by stage; every stage skips what is done.
 #
-#   bash experiments/synthetic/run.sh all                 # data autoencoder model curate latents train generate score
+#   bash experiments/synthetic/run.sh all                 # data prepare train export generate score
+#   (prepare = autoencoder | curate, then model latents; ship and pack: the demo model, what leaves the GPU machine)
 #   bash experiments/synthetic/run.sh train generate      # some stages
 #   EXP_SCALE=smoke bash experiments/synthetic/run.sh all # the same path at toy sizes on CPU (minutes)
 #
@@ -25,6 +26,7 @@ ARMS=${ARMS:-tracks camera none tracks_layers2 tracks_layers4 tracks_first track
 TRAIN_KINDS=pan,tilt,dolly,truck,pedestal,arc  # every camera follows one of these in train and val scenes
 TEST_KINDS=pan_truck,arc_dolly                 # held-out families: the test scenes' cameras (source and targets)
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}  # many processes share the cores
 
 arm_kind() { case $1 in tracks*) echo tracks ;; *) echo "$1" ;; esac; }
 arm_queries() { case $1 in tracks_first) echo first ;; tracks_random) echo random ;; *) echo first_last ;; esac; }
@@ -96,9 +98,33 @@ stage_train() {
       > "$OUT/logs/train-$arm.log" 2>&1 &
   done
   wait_all train
+}
+
+stage_export() {  # every arm at the last step all arms reached (a time limit may stop them at different steps)
+  local arm step
+  step=$(for arm in $ARMS; do ls "$OUT/runs/$arm/checkpoints" | grep -o '^step[0-9]*' | sort | tail -n 1; done \
+         | sort | head -n 1)
+  echo "arms compared at $step"
   for arm in $ARMS; do
-    python train.py export --ckpt "$OUT/runs/$arm/checkpoints/last.ckpt" --out "$OUT/exports/$arm"
+    python train.py export --ckpt "$OUT/runs/$arm/checkpoints/$step.ckpt" --out "$OUT/exports/$arm"
   done
+}
+
+stage_prepare() {  # the autoencoder trains on the GPU while the CPUs curate; then the model and the latents
+  (stage_autoencoder > "$OUT/logs/autoencoder.log" 2>&1) &
+  stage_curate
+  wait_all autoencoder
+  stage_model
+  stage_latents
+}
+
+stage_ship() { python "$HERE/ship.py" --model "$OUT/wan" --export "$OUT/exports/tracks" --out "$OUT/shipped"; }
+
+stage_pack() {  # what comes back from the GPU machine (files under 16 MiB): PACK=folder
+  mkdir -p "$PACK"
+  cp -r "$OUT/shipped" "$PACK/"
+  tar -C "$OUT" -cf "$PACK/eval.tar" eval
+  tar -C "$OUT" -cf "$PACK/logs.tar" logs vae/autoencoder.json $(cd "$OUT" && ls -d runs/*/logs)
 }
 
 stage_generate() {
@@ -128,12 +154,12 @@ stage_score() {
 wait_all() {  # wait for every background job; fail (naming the logs) if any failed
   local failed=0 pid
   for pid in $(jobs -p); do wait "$pid" || failed=1; done
-  if [ "$failed" = 1 ]; then echo "error: a $1 job failed; see $OUT/logs/$1-*.log" >&2; exit 1; fi
+  if [ "$failed" = 1 ]; then echo "error: a job of stage $1 failed; see its log in $OUT/logs/" >&2; exit 1; fi
 }
 
 mkdir -p "$OUT/logs"
 stages=("$@")
-[ "${stages[0]:-all}" = all ] && stages=(data autoencoder model curate latents train generate score)
+[ "${stages[0]:-all}" = all ] && stages=(data prepare train export generate score)
 for stage in "${stages[@]}"; do
   echo "== $stage ($(date +%T))"
   "stage_$stage"

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from track2view.conditioning import KINDS, batch_slice, input_names
 from track2view.dtypes import DTYPES
 from track2view.model.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs
+from track2view.model.one_way import check_timestep_mode
 from track2view.video_size import latent_frames, video_size_problem
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -66,6 +67,9 @@ class Track2ViewModule(L.LightningModule):
         gradient_checkpointing: "full" (recompute each DiT block and the conditioner in backward), "selective"
             (keep the self-attention outputs, recompute the rest) or "none"; checkpoint_blocks: only the first k.
         attention_backend: diffusers attention backend ("native", "_native_cudnn", "flash", ...); None = default.
+        attention: "full" (the paper's) or "one_way": source tokens attend only to the source, a quarter less
+            self-attention in training and a source KV cache at inference; needs flow_matching.timestep_mode
+            per_token (track2view/model/one_way.py).
         compile_blocks: `torch.compile` each repeated DiT block.
         ffn_chunk_tokens: run each block's LoRA feed-forward as one op whose backward recomputes its activations
             this many tokens at a time (None = peft's own path). With selective checkpointing and compiled
@@ -89,7 +93,7 @@ class Track2ViewModule(L.LightningModule):
                  min_lr_ratio: float = 0.0, gradient_checkpointing: str = "full", checkpoint_blocks: int | None = None,
                  attention_backend: str | None = None, compile_blocks: bool = False,
                  ffn_chunk_tokens: int | None = None, train_base: bool = False, init_from: str | None = None,
-                 height: int | None = None,
+                 attention: str = "full", height: int | None = None,
                  width: int | None = None, num_frames: int | None = None, val_sigmas: list[float] | None = None,
                  seed: int = 0):
         super().__init__()
@@ -115,7 +119,7 @@ class Track2ViewModule(L.LightningModule):
             raise ConfigError(f"model.lora_rank must be >= 1, got {lora_rank}")
         check_video_size(height, width, num_frames)
         if init_from is not None:
-            check_init_from(init_from, conditioning, train_base)
+            check_init_from(init_from, conditioning, train_base, conditioning_config)
         from track2view.model.speed import SpeedSettings
 
         try:
@@ -127,6 +131,10 @@ class Track2ViewModule(L.LightningModule):
             self.fm = FlowMatchingConfig(**(flow_matching or {}))
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model.flow_matching: {e}") from e
+        try:
+            check_timestep_mode(attention, self.fm.timestep_mode)
+        except ValueError as e:
+            raise ConfigError(f"model.attention: {e}") from e
         self.val_sigmas = list(val_sigmas or [0.25, 0.5, 0.75])
         self.model = None  # Track2ViewTransformer, built by configure_model
         self.strict_loading = False  # checkpoints hold only the trainable tensors (see on_save_checkpoint)
@@ -149,6 +157,7 @@ class Track2ViewModule(L.LightningModule):
             model = Track2ViewTransformer.from_config(dict(h.wan_config), **kwargs)
         if h.init_from is not None:
             model.load_trained(h.init_from)
+        model.set_attention(h.attention)  # this run's, also over an init_from export's
         if h.train_base:
             model.train_base()
         model.configure_speed(self.speed)
@@ -287,7 +296,12 @@ class Track2ViewModule(L.LightningModule):
         """A resume: the settings must be the checkpoint's (track2view/training/resume.py), then its tensors."""
         from track2view.training.resume import check_resumable
 
-        applied = check_resumable(dict(checkpoint.get("hyper_parameters") or {}), dict(self.hparams))
+        import inspect
+
+        # A setting added after the checkpoint was written had its default then.
+        defaults = {k: v.default for k, v in inspect.signature(type(self).__init__).parameters.items()
+                    if v.default is not inspect.Parameter.empty}
+        applied = check_resumable({**defaults, **dict(checkpoint.get("hyper_parameters") or {})}, dict(self.hparams))
         for name, (old, new) in applied.items():
             rank_zero_warn(f"resuming with model.{name}={new!r} instead of the checkpoint's {old!r} (it changes how "
                            f"the step runs, not what it computes)")
@@ -308,8 +322,11 @@ class Track2ViewModule(L.LightningModule):
         self.load_state_dict(state, strict=False)
 
 
-def check_init_from(path: str, conditioning: str, train_base: bool) -> None:
-    """Raise ConfigError unless `path` is an export of this run's conditioning kind (and LoRA-ness)."""
+def check_init_from(path: str, conditioning: str, train_base: bool, conditioning_config: dict | None = None) -> None:
+    """Raise ConfigError unless `path` is an export of this run's conditioning kind and settings (and LoRA-ness)."""
+    import inspect
+
+    from track2view.conditioning import conditioning_class
     from track2view.model.export import ExportInfo
 
     try:
@@ -322,6 +339,14 @@ def check_init_from(path: str, conditioning: str, train_base: bool) -> None:
     if info.lora is not None and train_base:
         raise ConfigError(f"model.init_from={path!r} holds a LoRA but model.train_base is set (no LoRA is added); "
                           f"merge it into the base first or train a LoRA (model.train_base: false)")
+    defaults = {k: v.default for k, v in inspect.signature(conditioning_class(conditioning).__init__).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    wanted = {**defaults, **dict(conditioning_config or {})}
+    differ = [f"{k}: export {v!r}, config {wanted.get(k)!r}" for k, v in info.conditioning_config.items()
+              if k != "token_dim" and v != wanted.get(k)]
+    if differ:
+        raise ConfigError(f"model.init_from={path!r} was trained with another model.conditioning_config ("
+                          f"{'; '.join(differ)}); give the export's settings")
 
 
 def lora_settings(hparams) -> dict:
