@@ -100,13 +100,20 @@ stage_train() {
   wait_all train
 }
 
-stage_export() {  # every arm at the last step all arms reached (a time limit may stop them at different steps)
-  local arm step
-  step=$(for arm in $ARMS; do ls "$OUT/runs/$arm/checkpoints" | grep -o '^step[0-9]*' | sort | tail -n 1; done \
-         | sort | head -n 1)
-  echo "arms compared at $step"
+stage_export() {  # every arm at one step: last.ckpt when all arms reached the same, else the last common step*.ckpt
+  local arm name steps
+  steps=$(for arm in $ARMS; do python -c "import sys, torch
+print(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['global_step'])" \
+    "$OUT/runs/$arm/checkpoints/last.ckpt"; done | sort -u)
+  if [ "$(echo "$steps" | wc -l)" = 1 ]; then
+    name=last
+  else  # a time limit stopped the arms at different steps
+    name=$(for arm in $ARMS; do ls "$OUT/runs/$arm/checkpoints" | grep -o '^step[0-9]*' | sort | tail -n 1; done \
+           | sort | head -n 1)
+  fi
+  echo "arms compared at $name.ckpt (last.ckpt steps: $(echo $steps))"
   for arm in $ARMS; do
-    python train.py export --ckpt "$OUT/runs/$arm/checkpoints/$step.ckpt" --out "$OUT/exports/$arm"
+    python train.py export --ckpt "$OUT/runs/$arm/checkpoints/$name.ckpt" --out "$OUT/exports/$arm"
   done
 }
 
@@ -148,7 +155,7 @@ stage_score() {
       --out "$OUT/eval/scores/$arm" --metrics reference,camera_accuracy,matched_pixels --matcher sift --no-progress \
       --device cpu > "$OUT/logs/score-$arm.log" 2>&1
   done
-  python "$HERE/summarize.py" table --out-dir "$OUT" --arms "$ARMS"
+  python "$HERE/summarize.py" table --out-dir "$OUT" --arms "$ARMS" --sheet "$OUT/eval/contact_sheet.png"
 }
 
 wait_all() {  # wait for every background job; fail (naming the logs) if any failed
