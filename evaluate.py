@@ -6,6 +6,8 @@ r"""Benchmark evaluation: manifests, FID reference statistics, generation over a
         --frames-per-clip 7 --out fid_reference.npz
     python evaluate.py generate --manifest realcam.json --model Wan2.1-T2V-1.3B-Diffusers --checkpoint EXPORT \
         --out generated/ --tracker-option repo_dir=/opt/SpaTrackerV2 ...      (sharded: --rank R --world-size N)
+    torchrun --nproc-per-node 8 evaluate.py generate ...         (clips shared out; --parallel context: each clip
+                                                                  split over the 8 GPUs)
     python evaluate.py score --manifest realcam.json --generated generated/ --out scores/ --metrics all \
         --inception pt_inception.pth --fid-reference fid_reference.npz --clip clip-vit-base-patch32 ...
 
@@ -22,7 +24,8 @@ import os
 import sys
 from pathlib import Path
 
-from track2view.errors import report_bad_input
+from track2view.errors import EXIT_BAD_INPUT, report_bad_input
+from track2view.inference.parallel import finish, is_rank0
 from track2view.inference.speed import add_speed_arguments
 
 
@@ -90,6 +93,12 @@ def _add_generate(sub) -> None:
     add_speed_arguments(p, calibration=False)  # infer.py's speed and memory options (docs/inference.md)
     p.add_argument("--rank", type=int, default=None, help="shard index (default: $RANK, else 0)")
     p.add_argument("--world-size", type=int, default=None, help="number of shards (default: $WORLD_SIZE, else 1)")
+    p.add_argument("--parallel", choices=("clips", "context"), default="clips",
+                   help="several processes (torchrun): clips (default) gives each its own clips (--rank/--world-size); "
+                        "context splits every clip over all of them (infer.py's context parallelism, "
+                        "docs/inference.md)")
+    p.add_argument("--ulysses-degree", type=int, default=None, help="with --parallel context: as infer.py's")
+    p.add_argument("--ring-degree", type=int, default=None, help="with --parallel context: as infer.py's")
 
 
 def _add_score(sub) -> None:
@@ -200,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"manifest": run_manifest, "reference": run_reference, "generate": run_generate, "score": run_score}
     try:
         written = commands[a.command](a)
-    except bad_input_types() as e:
-        return report_bad_input(e, "evaluate.py")
+    except bad_input_types() as e:  # --parallel context: every rank stops with rank 0's error; rank 0 prints it
+        quiet = getattr(a, "parallel", None) == "context" and not is_rank0()
+        return EXIT_BAD_INPUT if quiet else report_bad_input(e, "evaluate.py")
+    finally:
+        finish()
     for path in written if isinstance(written, list) else [written]:
         print(path)
     return 0

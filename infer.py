@@ -23,6 +23,10 @@ Speed and memory (all off by default; docs/inference.md): --cache first_block|ta
 caches), --guidance-interval START,END (CFG on part of the steps), --attention-backend NAME, --compile,
 --vae-tiling and --offload model|sequential (smaller GPUs).
 
+Several GPUs (docs/inference.md): `torchrun --nproc-per-node N infer.py ...` splits each video's tokens over the N
+processes (--parallel context, diffusers' context parallelism: Ulysses where the degree divides the attention
+heads, else ring attention); rank 0 alone tracks, encodes, decodes and writes the files.
+
 Bad input (missing/undecodable video, too few frames, bad pose file, unknown trajectory, no track in the
 target view, a checkpoint that does not match the model) prints one line `error: ...` and exits with 2.
 """
@@ -33,8 +37,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from track2view.errors import report_bad_input
+from track2view.errors import EXIT_BAD_INPUT, report_bad_input
 from track2view.inference.guidance import parse_interval
+from track2view.inference.parallel import context_from_flags, finish, is_rank0, launched_world
 from track2view.inference.rerender import InputError, Rerenderer, RerenderRequest
 from track2view.inference.speed import add_speed_arguments, speed_options_from
 from track2view.inference.trajectories import MODES
@@ -105,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
                      help="default: bfloat16 on GPU, float32 on CPU")
     add_speed_arguments(p)
+    par = p.add_argument_group("several GPUs (docs/inference.md, 'Several GPUs')")
+    par.add_argument("--parallel", choices=("none", "context"), default=None,
+                     help="context: split each video over the processes of torchrun --nproc-per-node N (diffusers' "
+                          "context parallelism; the default when WORLD_SIZE > 1); none: this process alone (the "
+                          "default otherwise)")
+    par.add_argument("--ulysses-degree", type=int, default=None,
+                     help="processes that split the attention heads (Ulysses; must divide the heads, 12 for Wan-1.3B); "
+                          "default: the largest that divides both the process count and the heads")
+    par.add_argument("--ring-degree", type=int, default=None,
+                     help="processes that pass key/value chunks round (ring attention; needs --attention-backend "
+                          "_native_cudnn, flash or sage, _native_cudnn by default on CUDA); default: the process "
+                          "count / the Ulysses degree")
     return p
 
 
@@ -124,10 +141,14 @@ def run(args) -> list:
     for flag in ("video", "out", "model"):
         if not getattr(args, flag):
             raise InputError(f"--{flag} is required")
+    if args.parallel == "none" and launched_world()[1] > 1:
+        raise InputError(f"--parallel none under torchrun (WORLD_SIZE={launched_world()[1]}) would re-render the same "
+                         f"video in every process; drop --parallel none, or run without torchrun")
     request = request_from(args)
     rerenderer = Rerenderer(args.model, args.checkpoint, device=args.device, dtype=args.dtype,
                             flow_shift=args.flow_shift, fuse_lora=not args.no_fuse_lora, compile=args.compile,
-                            speed=speed_options_from(args))
+                            speed=speed_options_from(args),
+                            context=context_from_flags(args.parallel, args.ulysses_degree, args.ring_degree))
     return rerenderer.render(request)
 
 
@@ -160,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         written = run(args)
-    except bad_input_types() as e:
-        return report_bad_input(e)
+    except bad_input_types() as e:  # under torchrun every rank stops with rank 0's error; rank 0 prints it
+        return report_bad_input(e) if is_rank0() else EXIT_BAD_INPUT
+    finally:
+        finish()
     for path in written:
         print(path)
     return 0

@@ -32,6 +32,14 @@ the conditioner call inside the same steps. One JSON line per variant.
     python bench/infer_video.py --variants plain,ours_fused,plain@_native_cudnn,ours_fused@_native_cudnn
     python bench/infer_video.py --tiny --device cpu  # smoke test on CPU (tiny shapes)
     python bench/infer_video.py --variants ours_fused,ours_pertoken_fused,ours_oneway_cached_fused  # one-way + KV cache
+
+Under torchrun (WORLD_SIZE > 1) every variant's tokens are split over the processes by diffusers' context
+parallelism as infer.py splits them (track2view/inference/parallel.py; --ulysses-degree / --ring-degree, ring
+attention on _native_cudnn unless --attention-backend says otherwise) and rank 0 prints the rows; +first_block is
+refused there and +mag needs --mag-ratios (both would decide per process):
+
+    torchrun --nproc-per-node 8 bench/infer_video.py --variants plain,ours_fused,ours_oneway_cached_fused
+    torchrun --nproc-per-node 2 bench/infer_video.py --tiny --device cpu   # smoke test (gloo)
 """
 
 from __future__ import annotations
@@ -173,13 +181,16 @@ def main(argv=None):
     p.add_argument("--mag-ratios", default=None, help="+mag: a ratios file of infer.py --cache-calibrate "
                    "(default: calibrate on this model first)")
     p.add_argument("--calibration-steps", type=int, default=10, help="+mag: steps of the calibration run")
+    p.add_argument("--ulysses-degree", type=int, default=None, help="under torchrun: as infer.py's")
+    p.add_argument("--ring-degree", type=int, default=None, help="under torchrun: as infer.py's")
     args = p.parse_args(argv)
     if args.tiny:
         args.height, args.width, args.frames, args.tracks, args.text_len = 32, 48, 9, 64, 16
         args.steps, args.warmup = min(args.steps, 2), 1
+    wan_config = {**(TINY_TRANSFORMER if args.tiny else WAN_1_3B)}
+    split = context_split(args, wan_config) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else None
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    wan_config = {**(TINY_TRANSFORMER if args.tiny else WAN_1_3B)}
     conditioner = {"width": 32, "num_heads": 2, "num_layers": 2} if args.tiny else {}
     lora = {"rank": 4, "alpha": 4.0} if args.tiny else {"rank": 64, "alpha": 64.0}
 
@@ -190,17 +201,18 @@ def main(argv=None):
     common = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", dtype=str(dtype),
                   shape=[args.frames, args.height, args.width], tokens=tokens, cfg_batch=2, tracks=args.tracks,
                   attention_backend=args.attention_backend or "default", timed_steps=args.steps,
-                  extrapolated_to=VIDEO_STEPS, torch=torch.__version__)
-    print(json.dumps({"event": "config", **common}), flush=True)
+                  extrapolated_to=VIDEO_STEPS, torch=torch.__version__,
+                  context_parallel={"ulysses": split.ulysses, "ring": split.ring} if split else None)
+    report({"event": "config", **common})
 
     rows = {}
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         try:
             row = run_variant(variant, args, device, dtype, wan_config, conditioner, lora, source, embeds, negative,
-                              tracks)
+                              tracks, split)
         except Exception as e:  # one failing variant (e.g. a compile error) must not hide the others
             row = {"variant": variant, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-        print(json.dumps(row), flush=True)
+        report(row)
         rows[variant] = row
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -210,7 +222,29 @@ def main(argv=None):
         plain = rows.get(plain_counterpart(name), {})
         if name.startswith("ours") and "video_50steps_cfg_s" in row and plain.get("video_50steps_cfg_s"):
             ratios[name] = round(row["video_50steps_cfg_s"] / plain["video_50steps_cfg_s"], 3)
-    print(json.dumps({"event": "summary", "video_s_relative_to_plain": ratios, "extrapolated": True}), flush=True)
+    report({"event": "summary", "video_s_relative_to_plain": ratios, "extrapolated": True})
+    if split:
+        from track2view.inference.parallel import finish
+
+        finish()
+
+
+def context_split(args, wan_config):
+    """Under torchrun: join the process group (args.device becomes this rank's) and choose the split as infer.py
+    does (args.attention_backend becomes the one it runs with)."""
+    from track2view.inference.parallel import ContextDegrees, attention_backend_for, choose_split, init_process_group
+
+    args.device = init_process_group("cpu" if args.device == "cpu" else None)
+    split = choose_split(int(os.environ["WORLD_SIZE"]), wan_config["num_attention_heads"],
+                         ContextDegrees(args.ulysses_degree, args.ring_degree))
+    args.attention_backend = attention_backend_for(split, args.attention_backend, args.device.startswith("cuda"))
+    return split
+
+
+def report(row: dict) -> None:
+    """One JSON line, printed by rank 0 (or the only process)."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(row), flush=True)
 
 
 def source_prime_seconds(calls: ConditionerTimer, conditioner: ConditionerTimer) -> float:
@@ -222,7 +256,8 @@ def source_prime_seconds(calls: ConditionerTimer, conditioner: ConditionerTimer)
     return max(0.0, durations[0] - statistics.median(durations[1:]) - conditioner.durations()[0])
 
 
-def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, source, embeds, negative, tracks):
+def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, source, embeds, negative, tracks,
+                split=None):
     from diffusers import WanTransformer3DModel
 
     from track2view.inference.pipeline import Track2ViewPipeline
@@ -256,6 +291,14 @@ def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, sou
             raise ValueError(f"unknown variant {variant!r}")
     if backend or args.attention_backend:
         base.set_attention_backend(backend or args.attention_backend)
+    if split:
+        from track2view.inference.parallel import enable_context_parallel
+
+        if step_cache == "first_block":
+            raise ValueError("+first_block decides from each process's share of the tokens: drop it under torchrun")
+        if step_cache == "mag" and not args.mag_ratios:
+            raise ValueError("+mag would calibrate on each process's share of the tokens: give --mag-ratios FILE")
+        enable_context_parallel(base, split)
     if compiled:
         base.compile_repeated_blocks(fullgraph=True)
     if step_cache != "none" or interval != FULL_INTERVAL:

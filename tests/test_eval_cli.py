@@ -167,6 +167,7 @@ class CopyRerenderer:
     """Stands in for the pipeline: 'generates' the source video itself (the sharding logic is what is tested)."""
 
     kind = "tracks"  # the conditioning kind of the export it stands for (a "none" one takes no poses)
+    writes_files = True  # one process, no context parallelism
 
     def __init__(self):
         self.requests = []

@@ -27,3 +27,12 @@ def video_size_problem(height: int | None, width: int | None, num_frames: int | 
 def latent_frames(num_frames: int, temporal_stride: int = 4) -> int:
     """Latent frames of a (temporal_stride k + 1)-frame video: (num_frames - 1) // stride + 1 (81 -> 21)."""
     return (num_frames - 1) // temporal_stride + 1
+
+
+def latent_tokens(height: int, width: int, num_frames: int, patch: tuple[int, int, int] = (1, 2, 2),
+                  spatial_stride: int = 8, temporal_stride: int = 4) -> int:
+    """Tokens of one video's latents after the patch embedding (480x832x81: 21 x 30 x 52 = 32,760); the pipeline's
+    DiT sees twice as many, the source's and the target's."""
+    p_t, p_h, p_w = patch
+    return (latent_frames(num_frames, temporal_stride) // p_t) * (height // spatial_stride // p_h) * \
+        (width // spatial_stride // p_w)

@@ -9,16 +9,22 @@
 `Rerenderer` loads the pipeline once (lazily, after the inputs are checked) and re-renders many requests; the
 export's track2view.json is read once into `ExportInfo` and decides the conditioning kind: "tracks" and
 "camera" need a target trajectory, "none" takes none (it re-renders without camera control).
+
+With `context` (torchrun, parallel.py) every process denoises its share of each video's tokens; rank 0 alone checks
+the request, reads and tracks the video and encodes it (`from_rank0` sends the views and the encoding to the
+others), decodes and writes the files (outputs.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from track2view.inference.guidance import BOTH_BRANCHES, FULL_INTERVAL, POSITIVE_BRANCH, check_interval, guided_steps
+from track2view.inference.outputs import extra_path, output_paths, write_outputs
+from track2view.inference.parallel import ContextDegrees, enable_context_parallel, from_rank0, is_rank0, launch_context
 from track2view.inference.speed import SpeedOptions, apply_speed_options
 from track2view.inference.step_cache import enable_step_cache, recorded_mag_ratios, write_mag_ratios
 from track2view.inference.trajectories import Trajectory, load_poses, make_trajectory, resolve_name, scene_scale
@@ -74,13 +80,27 @@ class View:
     source_c2w: np.ndarray | None = None  # [T, 4, 4] in the tracker's world frame
 
 
+@dataclass
+class Plan:
+    """A checked request and what it re-renders: one view per trajectory and the source clip (frames [T, H, W, 3]
+    uint8 at the video's own size and its fps). Under context parallelism rank 0 makes it and the other ranks
+    receive it without the frames (`video` None): only rank 0 encodes them."""
+
+    request: RerenderRequest
+    views: list[View]
+    fps: float
+    video: np.ndarray | None
+
+
 class Rerenderer:
     """A Wan-2.1 directory + a Track2View export (or none: the untrained conditioning, for testing), loaded once."""
 
     def __init__(self, model_dir: str, checkpoint: str | None = None, device: str | None = None,
                  dtype: str | None = None, flow_shift: float | None = None, fuse_lora: bool = True,
-                 compile: bool = False, speed: SpeedOptions | None = None):
-        """speed: step cache, attention backend, VAE tiling, offload (track2view/inference/speed.py)."""
+                 compile: bool = False, speed: SpeedOptions | None = None, context: ContextDegrees | None = None):
+        """speed: step cache, attention backend, VAE tiling, offload (track2view/inference/speed.py); context: split
+        each video over torchrun's processes as asked (context parallelism, parallel.py; None: this process
+        alone)."""
         check_device(device)
         self.speed = speed or SpeedOptions()
         _as_input_error(self.speed.check, device)
@@ -94,6 +114,25 @@ class Rerenderer:
         self.info = ExportInfo.read(checkpoint) if checkpoint else None
         self.kind = self.info.conditioning if self.info else "tracks"
         self._pipe, self._cache_steps = None, None
+        attention = self.info.attention if self.info else "full"
+        self.context = None if context is None else _as_input_error(
+            launch_context, context, self.wan_config(), attention, device, self.speed)
+        if self.context is not None:  # this rank's GPU, and the backend its split runs with
+            self.device = self.context.device
+            self.speed = replace(self.speed, attention_backend=self.context.attention_backend)
+
+    @property
+    def writes_files(self) -> bool:
+        """Whether this process writes the outputs: always, except on the ranks > 0 of a context-parallel run."""
+        return self.context is None or is_rank0()
+
+    def wan_config(self) -> dict:
+        """The config of the Wan transformer this re-renders with: the export's trained base, or the model's."""
+        from diffusers import WanTransformer3DModel
+
+        folder, sub = (self.checkpoint, self.info.transformer) if self.info and self.info.transformer else \
+            (self.model_dir, "transformer")
+        return dict(WanTransformer3DModel.load_config(folder, subfolder=sub))
 
     def pipeline(self):
         """The Track2ViewPipeline, loaded on first use (so that bad input is reported before the slow load)."""
@@ -113,39 +152,53 @@ class Rerenderer:
             if self.checkpoint and self.fuse_lora:
                 pipe.fuse_lora()
             _as_input_error(apply_speed_options, pipe, device, self.speed)
+            if self.context is not None:
+                enable_context_parallel(pipe.transformer.transformer, self.context.split)
+                pipe.set_progress_bar_config(disable=not self.writes_files)  # one progress bar, rank 0's
             if self.compile:
                 pipe.transformer.transformer.compile_repeated_blocks(fullgraph=True)
             self._pipe = pipe
         return self._pipe
 
-    def render(self, request: RerenderRequest) -> list[Path]:
-        """Re-render `request.video` along every trajectory of the request; returns the files written."""
+    def render(self, request: RerenderRequest | None) -> list[Path]:
+        """Re-render `request.video` along every trajectory of the request; returns the files written. Under
+        context parallelism rank 0's request is the one rendered (the other ranks may pass None) and only rank 0
+        writes: the others return []."""
         import torch
 
-        check_request(request, self.kind)
-        guided = guided_steps(request.steps, request.guidance_interval) if request.guidance > 1 else []
-        _as_input_error(self.speed.cache.check_run, guided, request.overwrite)
-        poses = [load_poses(p, request.num_frames) for p in request.poses]  # parsed once, metres kept
-        video, fps = read_clip(request.video, request.num_frames)
-        views = self._views(request, video, poses)
-        pipe = self.pipeline()
+        plan = from_rank0(lambda: self._plan(request), shared=lambda p: replace(p, video=None))
+        request, pipe = plan.request, self.pipeline()
         self._use_step_cache(pipe, request.steps)
-        source = pipe.prepare_source(video, request.prompt, request.negative_prompt, request.height, request.width,
-                                     request.num_frames, request.guidance, fps)
+        source = from_rank0(lambda: pipe.prepare_source(plan.video, request.prompt, request.negative_prompt,
+                                                        request.height, request.width, request.num_frames,
+                                                        request.guidance, plan.fps), shared=shared_source)
         if self.speed.offload == "none":  # with offload, its hooks move the text encoder off the GPU
             free_text_encoder(pipe)
         written, calibrated = [], []
-        for view, path in zip(views, output_paths(Path(request.out), [v.name for v in views])):
+        for view, path in zip(plan.views, output_paths(Path(request.out), [v.name for v in plan.views])):
             result = pipe(source=source, inputs=view.inputs, num_inference_steps=request.steps,
                           guidance_scale=request.guidance, generator=torch.Generator("cpu").manual_seed(request.seed),
-                          guidance_interval=request.guidance_interval)
-            written += write_outputs(path, request, view, source.frames, result.frames, fps)
+                          guidance_interval=request.guidance_interval,
+                          output_type="np" if self.writes_files else "latent")  # rank 0 decodes
+            if self.writes_files:
+                written += write_outputs(path, request, view, source.frames, result.frames, plan.fps)
             if self.speed.cache.calibrate_to:
                 calibrated.append(recorded_mag_ratios(pipe.transformer.transformer, (BOTH_BRANCHES, POSITIVE_BRANCH)))
         if calibrated:
             written.append(write_mag_ratios(self.speed.cache.calibrate_to, calibrated, model=str(self.model_dir),
                                             checkpoint=self.checkpoint))
         return written
+
+    def _plan(self, request: RerenderRequest) -> Plan:
+        """Check the request, read its clip and prepare its views (tracking the source)."""
+        check_request(request, self.kind)
+        guided = guided_steps(request.steps, request.guidance_interval) if request.guidance > 1 else []
+        _as_input_error(self.speed.cache.check_run, guided, request.overwrite)
+        if self.context is not None:
+            _as_input_error(self.context.check_size, request.height, request.width, request.num_frames)
+        poses = [load_poses(p, request.num_frames) for p in request.poses]  # parsed once, metres kept
+        video, fps = read_clip(request.video, request.num_frames)
+        return Plan(request, self._views(request, video, poses), fps, video)
 
     def _use_step_cache(self, pipe, steps: int) -> None:
         """The step cache for runs of `steps` steps (re-enabled when the count changes: MagCache maps its ratios)."""
@@ -314,6 +367,15 @@ def load_or_track(r: RerenderRequest, frames: np.ndarray):
                          f"precomputed tracks with --tracks)") from e
 
 
+def shared_source(source):
+    """What the other ranks receive of rank 0's SourceCache: its tensors on the CPU (each rank moves them to its
+    own device) and frames [T, 0, 0, 3], the frame count without the pixels (only rank 0 writes the files)."""
+    negative = source.negative_prompt_embeds
+    return replace(source, latents=source.latents.cpu(), prompt_embeds=source.prompt_embeds.cpu(),
+                   negative_prompt_embeds=None if negative is None else negative.cpu(),
+                   frames=source.frames[:, :0, :0])
+
+
 def free_text_encoder(pipe) -> None:
     """The prompts are encoded: give the text encoder's GPU memory to the DiT."""
     import torch
@@ -321,52 +383,3 @@ def free_text_encoder(pipe) -> None:
     if pipe.text_encoder is not None and pipe.device.type == "cuda":
         pipe.text_encoder.to("cpu")
         torch.cuda.empty_cache()
-
-
-def output_paths(out: Path, names: list[str]) -> list[Path]:
-    """One path per trajectory: `out` itself for one, out_<name><suffix> (unique) for several."""
-    if len(names) == 1:
-        return [out]
-    paths, seen = [], {}
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        tag = name if names.count(name) == 1 else f"{name}_{seen[name]}"
-        paths.append(out.with_name(f"{out.stem}_{tag}{out.suffix}"))
-    return paths
-
-
-def extra_path(path: Path, kind: str, suffix: str | None = None) -> Path:
-    return path.with_name(f"{path.stem}_{kind}{suffix or path.suffix}")
-
-
-def write_outputs(path: Path, r: RerenderRequest, view: View, source_frames: np.ndarray, generated: np.ndarray,
-                  fps: float) -> list[Path]:
-    """The re-rendered video and the extras the request asks for; returns the paths written."""
-    from track2view.io import write_video
-
-    frames = (generated * 255).round().clip(0, 255).astype(np.uint8)
-    written = [write_video(path, frames, fps=fps)]
-    if r.save_tracks:
-        written.append(save_tracks(extra_path(path, "tracks", ".npz"), view))
-    if r.side_by_side:
-        from track2view.inference.visualize import side_by_side
-
-        written.append(write_video(extra_path(path, "side_by_side"), side_by_side(source_frames, frames), fps=fps))
-    if r.overlay:
-        from track2view.inference.visualize import track_overlay
-
-        written.append(write_video(extra_path(path, "overlay"), track_overlay(source_frames, frames, view.prepared.full),
-                                   fps=fps))
-    return written
-
-
-def save_tracks(path: Path, view: View) -> Path:
-    """The paired tracks (uv [2,T,N,2], depth [2,T,N], valid [2,T,N]) and cameras (source_c2w, target_c2w
-    [T,4,4], tracker world frame) of one view, atomically."""
-    from track2view.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **view.prepared.full.to_numpy(), target_c2w=view.prepared.target_c2w.astype(np.float32),
-                     source_c2w=view.source_c2w.astype(np.float32))
-    return path

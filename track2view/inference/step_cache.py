@@ -28,7 +28,9 @@ MagCache needs this model's per-step magnitude ratios: `--cache mag --cache-cali
 re-render (nothing skipped) that records them, `--cache-option mag_ratios_file=FILE` uses them (diffusers maps
 them to another step count by nearest interpolation). Step counters are per cache context, so MagCache
 refuses a --guidance-interval that splits the steps between the two contexts; TaylorSeer's warm-up restarts in
-the "cond" context. Quality and speed of each preset: docs/benchmarks.md.
+the "cond" context. Quality and speed of each preset: docs/benchmarks.md. Under context parallelism (parallel.py)
+taylorseer and mag run on each process's share of the tokens (their schedules are the same on every process);
+first_block, whose skips depend on the tokens, is refused there.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from track2view.model.split_hooks import keep_splits_outermost
 
 RATIOS_KIND = "track2view-mag-ratios"
 
@@ -169,6 +173,7 @@ def enable_step_cache(transformer, cache: StepCache, num_inference_steps: int) -
     if config is None:
         return
     transformer.enable_cache(config)
+    keep_splits_outermost(transformer)  # under context parallelism the head hook sees this process's share
     if cache.calibrate_to:
         _attach_recorder(transformer)
 

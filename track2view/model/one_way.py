@@ -17,6 +17,13 @@ attention requires `timestep_mode: per_token` (`check_timestep_mode`).
 Modes (`OneWayAttnProcessor.mode`, set by source_kv.py's hooks): FULL (the call holds the whole sequence, as
 above), PRIME (it holds the source tokens only: they attend among themselves and their keys/values are kept),
 STEPS (it holds the target tokens only: they attend over the kept source keys/values and their own).
+
+Context parallelism (diffusers' `enable_parallelism`, track2view/inference/parallel.py) gives each process a
+contiguous share of the call's tokens. PRIME and STEPS attend over every key of the call, so diffusers' split
+attention (Ulysses / ring, `dispatch_attention_fn(parallel_config=...)`) runs them as they are: in STEPS each
+process brings its share of the kept source keys/values with its target ones, and as attention does not depend on
+the order of the keys, the keys of all processes together are every source and target key. FULL attends over two
+different key sets, split where the shares need not end, so it refuses context parallelism.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ class OneWayAttnProcessor:
     """Self-attention (Wan's `attn1`) with one-way attention; see the module docstring for the modes."""
 
     _attention_backend = None  # set by diffusers' `set_attention_backend`
-    _parallel_config = None  # set by diffusers' `enable_parallelism`, which one-way attention does not support
+    _parallel_config = None  # set by diffusers' `enable_parallelism`: PRIME and STEPS attend split
 
     def __init__(self):
         self.mode = FULL
@@ -69,9 +76,11 @@ class OneWayAttnProcessor:
                  rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """hidden_states [B, S, D] (the whole sequence, or one half in PRIME / STEPS), rotary_emb for those
         tokens -> [B, S, D]."""
-        if self._parallel_config is not None:
-            raise NotImplementedError("one-way attention does not support context parallelism (it splits the "
-                                      "sequence that one-way attention halves); use attention full")
+        if self._parallel_config is not None and self.mode == FULL:
+            raise NotImplementedError("one-way attention over the whole sequence cannot run split for context "
+                                      "parallelism (source and target queries attend over different keys); it runs "
+                                      "split inside the source KV cache (Track2ViewPipeline.denoise), or use "
+                                      "attention full")
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
         query, key = attn.norm_q(query), attn.norm_k(key)
         query = query.unflatten(2, (attn.heads, -1))
@@ -95,17 +104,19 @@ class OneWayAttnProcessor:
                          dim=1)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
+        return dispatch_attention_fn(query, key, value, backend=self._attention_backend,
+                                     parallel_config=self._parallel_config)
 
 
 def set_attention(transformer, attention: str) -> None:
     """Give every block's self-attention of a `WanTransformer3DModel` the processor of `attention` (keeping the
-    attention backend set on it)."""
+    attention backend and the context-parallel config set on it)."""
     check_attention(attention)
     for block in transformer.blocks:
-        backend = getattr(block.attn1.processor, "_attention_backend", None)
+        old = block.attn1.processor
         processor = OneWayAttnProcessor() if attention == "one_way" else WanAttnProcessor()
-        processor._attention_backend = backend
+        processor._attention_backend = getattr(old, "_attention_backend", None)
+        processor._parallel_config = getattr(old, "_parallel_config", None)
         block.attn1.set_processor(processor)
 
 

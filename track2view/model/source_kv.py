@@ -25,6 +25,11 @@ at named submodules and put it back together at the output, so Wan's forward run
 The cut is at the patch embedding's output rather than at `blocks.0`'s input (where the context-parallel plan
 splits), so that hooks on the blocks (step caches) see only the range whatever order they were registered in.
 
+Under context parallelism (track2view/inference/parallel.py) diffusers' plan then splits the range: the root
+hook runs before diffusers' timestep split, the rope slice before its split of the rope outputs (the range is cut
+from the whole sequence, then shared out: track2view/model/split_hooks.py), the padding after its gather at
+proj_out. Each process keeps the K/V of its share of the source; one_way.py says why the split steps are exact.
+
 Every call within the block must bring the same source latents, prompt embeddings and conditioning inputs per
 cache context (one re-render). Memory: the kept K/V, 2 x blocks x batch x S_src x D values per context.
 """
@@ -39,6 +44,7 @@ import torch
 from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager, _set_cache_context
 
 from track2view.model.one_way import FULL, PRIME, STEPS, one_way_processors
+from track2view.model.split_hooks import keep_splits_outermost
 
 ROOT_HOOK, FRAMES_HOOK, ROPE_HOOK, PAD_HOOK = (f"track2view_source_kv_{n}" for n in ("root", "frames", "rope", "pad"))
 PRIME_CONTEXT_SUFFIX = "/source"
@@ -166,6 +172,7 @@ def source_kv_cache(transformer):
     edits = _edits(transformer, root)
     for name, (module, edit) in edits.items():  # registered last: they see the outputs of earlier hooks
         HookRegistry.check_if_exists_or_initialize(module).register_hook(OutputEditHook(edit), name)
+    keep_splits_outermost(transformer)  # except diffusers' split of the rope outputs: it shares out the range
     registry.invalidate_child_registries_cache()
     try:
         yield
