@@ -84,11 +84,10 @@ def read_pair(pair: Pair, config: CurateConfig) -> tuple[dict, np.ndarray, np.nd
 
 
 def sequence_query_frames(config: CurateConfig, num_frames: int, rng: np.random.Generator) -> tuple[int, ...]:
-    """The scheme's source frames in the [A reversed, B] sequence (A's frame s is index T-1-s there); the
-    default keeps the order of earlier curations: (0, T-1)."""
-    frames = tuple(num_frames - 1 - f for f in source_query_frames(config.query_frames, num_frames,
-                                                                   config.num_tracks, rng))
-    return frames[::-1] if config.query_frames == "first_last" else frames
+    """The scheme's source frames in the [A reversed, B] sequence (A's frame s is index T-1-s there), in sequence
+    order (first_last: (0, T-1), as earlier curations)."""
+    frames = source_query_frames(config.query_frames, num_frames, config.num_tracks, rng)
+    return tuple(num_frames - 1 - f for f in reversed(frames))
 
 
 def pair_sequence(pair: Pair, a: np.ndarray, b: np.ndarray, config: CurateConfig):

@@ -16,3 +16,12 @@ def tiny_wan_dir(tmp_path_factory):
     from track2view.testing.tiny import save_tiny_wan
 
     return save_tiny_wan(tmp_path_factory.mktemp("models") / "tiny-wan")
+
+
+@pytest.fixture(scope="session")
+def two_camera_scene(tmp_path_factory):
+    """One synthetic scene, 2 cameras, 9 frames of 32x48 (the re-render tests' source video and ground truth)."""
+    from track2view.synthetic import random_scene, write_scene
+
+    spec = random_scene(seed=5, index=1, num_cameras=2, height=32, width=48, num_frames=9, lens="f24_aperture5")
+    return write_scene(tmp_path_factory.mktemp("scenes"), spec, supersample=1)

@@ -148,20 +148,14 @@ def shards(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    from track2view.synthetic import random_scene, write_scene
-
-    spec = random_scene(seed=5, index=1, num_cameras=2, height=32, width=48, num_frames=9, lens="f24_aperture5")
-    return write_scene(tmp_path_factory.mktemp("kind-scenes"), spec, supersample=1)
-
 
 def run(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_kind_fits_exports_and_rerenders_through_the_command_lines(kind, tiny_wan_dir, shards, scene, tmp_path):
+def test_each_kind_fits_exports_and_rerenders_through_the_command_lines(kind, tiny_wan_dir, shards, two_camera_scene,
+                                                                        tmp_path):
     config = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     config["trainer"]["limit_val_batches"] = 0
     config["trainer"]["callbacks"] = [cb for cb in config["trainer"]["callbacks"]
@@ -179,7 +173,7 @@ def test_each_kind_fits_exports_and_rerenders_through_the_command_lines(kind, ti
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert '"conditioning": "%s"' % kind in (export / "track2view.json").read_text()
 
-    video, out = scene / "videos" / "cam01.mp4", tmp_path / "out.mp4"
+    video, out = two_camera_scene / "videos" / "cam01.mp4", tmp_path / "out.mp4"
     common = ["infer.py", "--video", video, "--model", tiny_wan_dir, "--checkpoint", export, "--num-frames", 9,
               "--height", 32, "--width", 48, "--steps", 2, "--num-queries", 32, "--device", "cpu", "--out", out]
     camera = ["--tracker", "oracle", "--trajectory", "arc_left", "--amount", 10]

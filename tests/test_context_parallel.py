@@ -76,13 +76,6 @@ def test_without_a_process_group_rank0_computes_for_itself():
 
 
 # ---- 2 processes --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    from track2view.synthetic import random_scene, write_scene
-
-    spec = random_scene(seed=5, index=1, num_cameras=2, height=H, width=W, num_frames=T, lens="f24_aperture5")
-    return write_scene(tmp_path_factory.mktemp("scenes"), spec, supersample=1)
-
 
 @pytest.fixture(scope="module")
 def exports(tiny_wan_dir, tmp_path_factory):
@@ -97,10 +90,10 @@ def exports(tiny_wan_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def split_run(scene, tiny_wan_dir, exports, tmp_path_factory):
+def split_run(two_camera_scene, tiny_wan_dir, exports, tmp_path_factory):
     """The worker's torchrun run: its output folder and the completed process."""
     out = tmp_path_factory.mktemp("context_parallel")
-    infer_args = ["--video", str(scene / "videos" / "cam01.mp4"), "--model", str(tiny_wan_dir), *INFER]
+    infer_args = ["--video", str(two_camera_scene / "videos" / "cam01.mp4"), "--model", str(tiny_wan_dir), *INFER]
     config = out / "config.json"
     config.write_text(json.dumps({"out": str(out), "infer_args": infer_args, "exports": exports}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -27,20 +27,13 @@ def infer(*args, timeout=240):
                           env=env, timeout=timeout, cwd=ROOT)
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    from track2view.synthetic import random_scene, write_scene
-
-    spec = random_scene(seed=5, index=1, num_cameras=2, height=H, width=W, num_frames=T, lens="f24_aperture5")
-    return write_scene(tmp_path_factory.mktemp("scenes"), spec, supersample=1)
-
 
 @pytest.fixture(scope="module")
-def tracks_file(scene, tmp_path_factory):
+def tracks_file(two_camera_scene, tmp_path_factory):
     """The oracle's TrackingResult of cam01, as `--tracks` reads it."""
     from track2view.inference.reprojection import track_video
 
-    src = scene / "videos" / "cam01.mp4"
+    src = two_camera_scene / "videos" / "cam01.mp4"
     frames, _ = read_video(src)
     result = track_video(frames, "oracle", 64, [(str(src), i) for i in range(len(frames))])
     return result.save(tmp_path_factory.mktemp("tracks") / "tracks.npz")
@@ -57,9 +50,9 @@ def test_cli_defaults_match_the_library():
     assert args.num_queries == queries.DEFAULT_NUM_QUERIES
 
 
-def test_several_trajectories_share_one_run_with_side_by_side_and_overlay(scene, tiny_wan_dir, tmp_path):
+def test_several_trajectories_share_one_run_with_side_by_side_and_overlay(two_camera_scene, tiny_wan_dir, tmp_path):
     out = tmp_path / "out" / "render.mp4"
-    r = infer("--video", scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--tracker", "oracle",
+    r = infer("--video", two_camera_scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--tracker", "oracle",
               "--trajectory", "arc_left", "--amount", 10, "--trajectory", "dolly_in", "--amount", 0.5,
               "--prompt", "a red ball in a room", "--side-by-side", "--overlay", "--out", out, *TINY)
     assert r.returncode == 0, r.stderr
@@ -74,18 +67,19 @@ def test_several_trajectories_share_one_run_with_side_by_side_and_overlay(scene,
     assert overlay.shape == (T, H, 2 * W + 4, 3)
 
 
-def test_custom_poses_with_precomputed_tracks_a_checkpoint_and_a_crop(scene, tracks_file, tiny_wan_dir, tmp_path):
+def test_custom_poses_with_precomputed_tracks_a_checkpoint_and_a_crop(two_camera_scene, tracks_file, tiny_wan_dir,
+                                                                      tmp_path):
     from track2view.synthetic import load_ground_truth
     from track2view.inference.trajectories import save_poses
     from track2view.model.transformer import Track2ViewTransformer
 
     export = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioning_config={"width": 32, "num_heads": 2},
                                                    lora={"rank": 4, "alpha": 4.0}).save_trained(tmp_path / "export")
-    _, _, c2w, _ = load_ground_truth(scene)
+    _, _, c2w, _ = load_ground_truth(two_camera_scene)
     poses = save_poses(tmp_path / "cam02.json", np.linalg.inv(c2w[0, 0]) @ c2w[1])
     out = tmp_path / "single.mp4"
     args = [a if a != str(W) else "32" for a in map(str, TINY)]  # 32x48 video -> 32x32 model input (crop)
-    r = infer("--video", scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--tracks", tracks_file,
+    r = infer("--video", two_camera_scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--tracks", tracks_file,
               "--poses", poses, "--checkpoint", export, "--save-tracks", "--out", out, *args)
     assert r.returncode == 0, r.stderr
     assert read_video(out)[0].shape == (T, H, 32, 3)
@@ -106,7 +100,7 @@ def test_output_names_for_several_trajectories():
     assert extra_path(out, "overlay").name == "render_overlay.mp4"
 
 
-def test_only_the_used_frames_are_decoded(scene, tracks_file, tiny_wan_dir, tmp_path, monkeypatch, capsys):
+def test_only_the_used_frames_are_decoded(two_camera_scene, tracks_file, tiny_wan_dir, tmp_path, monkeypatch, capsys):
     """A long clip is decoded up to --num-frames only (a long 1080p clip decoded whole can exhaust memory)."""
     import infer
     import track2view.io
@@ -135,9 +129,9 @@ def test_list_trajectories():
 
 
 # ---- bad input: one line `error: ...`, exit 2, no file ---------------------------------------------------
-def _bad_inputs(tmp: Path, scene: Path, tiny_wan_dir: Path, tracks_file: Path):
+def _bad_inputs(tmp: Path, two_camera_scene: Path, tiny_wan_dir: Path, tracks_file: Path):
     """name -> (extra argv, expected text in the error line)."""
-    good = scene / "videos" / "cam01.mp4"
+    good = two_camera_scene / "videos" / "cam01.mp4"
     data = good.read_bytes()
     (tmp / "garbage.mp4").write_bytes(b"this is not a video" * 50)
     (tmp / "codec.mp4").write_bytes(data.replace(b"avc1", b"zzzz"))  # a codec tag no decoder knows
@@ -199,10 +193,10 @@ BAD = ["missing video", "unreadable video", "unknown codec", "too few frames", "
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_bad_input_exits_2_with_one_error_line_and_no_file(case, scene, tiny_wan_dir, tracks_file, tmp_path):
+def test_bad_input_exits_2_with_one_error_line_and_no_file(case, two_camera_scene, tiny_wan_dir, tracks_file, tmp_path):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    cases = _bad_inputs(inputs, scene, tiny_wan_dir, tracks_file)
+    cases = _bad_inputs(inputs, two_camera_scene, tiny_wan_dir, tracks_file)
     assert set(cases) == set(BAD)
     argv, expected = cases[case]
     out_dir = tmp_path / "out"
@@ -219,10 +213,10 @@ def test_bad_input_exits_2_with_one_error_line_and_no_file(case, scene, tiny_wan
     assert (inputs / "exists.mp4").read_bytes() == b"a user's video"
 
 
-def test_an_existing_output_is_replaced_only_with_overwrite(scene, tiny_wan_dir, tmp_path):
+def test_an_existing_output_is_replaced_only_with_overwrite(two_camera_scene, tiny_wan_dir, tmp_path):
     out = tmp_path / "render.mp4"
     out.write_bytes(b"an earlier render")
-    args = ["--video", scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--tracker", "oracle",
+    args = ["--video", two_camera_scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--tracker", "oracle",
             "--trajectory", "arc_left", "--out", out, *TINY]
     assert infer(*args).returncode == 2 and out.read_bytes() == b"an earlier render"
     r = infer(*args, "--overwrite")
@@ -230,7 +224,7 @@ def test_an_existing_output_is_replaced_only_with_overwrite(scene, tiny_wan_dir,
     assert read_video(out)[0].shape == (T, H, W, 3)
 
 
-def test_checkpoint_for_another_base_model_is_refused(scene, tiny_wan_dir, tmp_path):
+def test_checkpoint_for_another_base_model_is_refused(two_camera_scene, tiny_wan_dir, tmp_path):
     from track2view.testing.tiny import TINY_TRANSFORMER
     from track2view.model.transformer import Track2ViewTransformer
 
@@ -238,7 +232,7 @@ def test_checkpoint_for_another_base_model_is_refused(scene, tiny_wan_dir, tmp_p
                                               conditioning_config={"width": 32, "num_heads": 2})
     export = other.save_trained(tmp_path / "export")
     out = tmp_path / "out" / "out.mp4"
-    r = infer("--video", scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--checkpoint", export,
+    r = infer("--video", two_camera_scene / "videos" / "cam01.mp4", "--model", tiny_wan_dir, "--checkpoint", export,
               "--tracker", "oracle", "--trajectory", "arc_left", "--out", out, *TINY)
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]

@@ -102,9 +102,9 @@ stage_train() {
 
 stage_export() {  # every arm at one step: last.ckpt when all arms reached the same, else the last common step*.ckpt
   local arm name steps
-  steps=$(for arm in $ARMS; do python -c "import sys, torch
-print(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['global_step'])" \
-    "$OUT/runs/$arm/checkpoints/last.ckpt"; done | sort -u)
+  steps=$(for arm in $ARMS; do python -c "import sys; from track2view.training.checkpoints import \
+load_training_checkpoint as load; print(load(sys.argv[1])['global_step'])" "$OUT/runs/$arm/checkpoints/last.ckpt"
+  done | sort -u)
   if [ "$(echo "$steps" | wc -l)" = 1 ]; then
     name=last
   else  # a time limit stopped the arms at different steps

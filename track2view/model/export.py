@@ -39,13 +39,17 @@ FINGERPRINT_KEYS = ("patch_size", "num_attention_heads", "attention_head_dim", "
                     "text_dim", "freq_dim", "ffn_dim", "num_layers", "image_dim", "added_kv_proj_dim")
 
 
+def init_defaults(cls: type) -> dict:
+    """The default of every argument of `cls.__init__` that has one (a class's config defaults, without building it)."""
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def full_wan_config(config: dict) -> dict:
     """A (partial) `WanTransformer3DModel` config completed with the class's defaults, without building it."""
     from diffusers import WanTransformer3DModel
 
-    defaults = {k: p.default for k, p in inspect.signature(WanTransformer3DModel.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    return {**defaults, **dict(config)}
+    return {**init_defaults(WanTransformer3DModel), **dict(config)}
 
 
 def plain_config(config) -> dict:

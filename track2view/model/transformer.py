@@ -6,10 +6,11 @@
     -> Wan's blocks, norm and projection -> prediction [B, 16, 2F, h, w]
 
 diffusers' forward is used as is (LoRA, gradient checkpointing, attention backends, compiled blocks, caches
-and context parallelism keep working). Only the LoRA and the conditioning train; `save_trained` writes only
-them (track2view/model/export.py). Speed levers: track2view/model/speed.py. `attention="one_way"` (off by default:
-the paper uses full attention) lets the source tokens attend only to the source (track2view/model/one_way.py),
-and `source_kv_cache()` then runs inference steps on the target tokens only (track2view/model/source_kv.py).
+and context parallelism keep working). Only the LoRA and the conditioning train (or, after `train_base()`, the
+conditioning and the whole base, no LoRA); `save_trained` writes only what trained (track2view/model/export.py).
+Speed levers: track2view/model/speed.py. `attention="one_way"` (off by default: the paper uses full attention)
+lets the source tokens attend only to the source (track2view/model/one_way.py), and `source_kv_cache()` then runs
+inference steps on the target tokens only (track2view/model/source_kv.py).
 """
 
 from __future__ import annotations
@@ -182,7 +183,10 @@ class Track2ViewTransformer(nn.Module):
 
     def train_base(self) -> None:
         """Train every base parameter too (models trained from scratch: no pretrained base exists), in
-        `trainable_dtype`; the export then carries the trained base (ExportInfo.transformer)."""
+        `trainable_dtype`; the export then carries the trained base (ExportInfo.transformer). Needs a model built
+        without LoRA (`lora=False`): a LoRA over a base that trains too would only be exported as part of the base."""
+        if self.lora is not None:
+            raise ValueError("train_base needs a model without LoRA (build it with lora=False)")
         self.transformer.to(self.trainable_dtype).requires_grad_(True)
         self.base_trains = True
 

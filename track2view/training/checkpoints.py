@@ -116,15 +116,17 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_pat
                                       h.get("conditioning_config"))
     _load_exact(conditioning, _with_prefix(state, "model.conditioning."), ckpt, "conditioning")
     transformer_state = _with_prefix(state, "model.transformer.")
-    trained_base = TrainedBase({k: v.float() for k, v in transformer_state.items()}, base) if h.get("train_base") \
-        else None
-    lora = None if trained_base else LoraSettings.coerce(lora_settings(h))
-    lora_state = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v.float()
-                  for k, v in transformer_state.items() if "lora_" in k and lora is not None}
-    if trained_base is None and not lora_state:
-        raise ValueError(f"{ckpt} holds no LoRA tensors; it was not written by train.py fit")
-    if trained_base is not None and not transformer_state:
-        raise ValueError(f"{ckpt} was trained with model.train_base but holds no base tensors")
+    if h.get("train_base"):  # the whole base trained, no LoRA
+        if not transformer_state:
+            raise ValueError(f"{ckpt} was trained with model.train_base but holds no base tensors")
+        trained_base = TrainedBase({k: v.float() for k, v in transformer_state.items()}, base)
+        lora, lora_state = None, {}
+    else:
+        trained_base, lora = None, LoraSettings.coerce(lora_settings(h))
+        lora_state = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v.float()
+                      for k, v in transformer_state.items() if "lora_" in k}
+        if not lora_state:
+            raise ValueError(f"{ckpt} holds no LoRA tensors; it was not written by train.py fit")
     data = loaded["datamodule_hyper_parameters"]
     info = ExportInfo(conditioning=conditioning.kind,
                       conditioning_config=plain_config(conditioning.config),

@@ -296,12 +296,11 @@ class Track2ViewModule(L.LightningModule):
         """A resume: the settings must be the checkpoint's (track2view/training/resume.py), then its tensors."""
         from track2view.training.resume import check_resumable
 
-        import inspect
+        from track2view.model.export import init_defaults
 
         # A setting added after the checkpoint was written had its default then.
-        defaults = {k: v.default for k, v in inspect.signature(type(self).__init__).parameters.items()
-                    if v.default is not inspect.Parameter.empty}
-        applied = check_resumable({**defaults, **dict(checkpoint.get("hyper_parameters") or {})}, dict(self.hparams))
+        saved = {**init_defaults(type(self)), **dict(checkpoint.get("hyper_parameters") or {})}
+        applied = check_resumable(saved, dict(self.hparams))
         for name, (old, new) in applied.items():
             rank_zero_warn(f"resuming with model.{name}={new!r} instead of the checkpoint's {old!r} (it changes how "
                            f"the step runs, not what it computes)")
@@ -324,10 +323,8 @@ class Track2ViewModule(L.LightningModule):
 
 def check_init_from(path: str, conditioning: str, train_base: bool, conditioning_config: dict | None = None) -> None:
     """Raise ConfigError unless `path` is an export of this run's conditioning kind and settings (and LoRA-ness)."""
-    import inspect
-
     from track2view.conditioning import conditioning_class
-    from track2view.model.export import ExportInfo
+    from track2view.model.export import ExportInfo, init_defaults
 
     try:
         info = ExportInfo.read(path)
@@ -339,9 +336,7 @@ def check_init_from(path: str, conditioning: str, train_base: bool, conditioning
     if info.lora is not None and train_base:
         raise ConfigError(f"model.init_from={path!r} holds a LoRA but model.train_base is set (no LoRA is added); "
                           f"merge it into the base first or train a LoRA (model.train_base: false)")
-    defaults = {k: v.default for k, v in inspect.signature(conditioning_class(conditioning).__init__).parameters.items()
-                if v.default is not inspect.Parameter.empty}
-    wanted = {**defaults, **dict(conditioning_config or {})}
+    wanted = {**init_defaults(conditioning_class(conditioning)), **dict(conditioning_config or {})}
     differ = [f"{k}: export {v!r}, config {wanted.get(k)!r}" for k, v in info.conditioning_config.items()
               if k != "token_dim" and v != wanted.get(k)]
     if differ:
