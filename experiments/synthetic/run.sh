@@ -127,7 +127,10 @@ stage_prepare() {  # the autoencoder trains on the GPU while the CPUs curate; th
 
 stage_ship() { python "$HERE/ship.py" --model "$OUT/wan" --export "$OUT/exports/tracks" --out "$OUT/shipped"; }
 
-stage_pack() {  # what comes back from the GPU machine (files under 16 MiB): PACK=folder
+stage_pack() {  # what comes back from the GPU machine (files under 16 MiB): PACK=a new or empty folder
+  if [ -n "$(ls -A "${PACK:?give PACK=a new or empty folder}" 2>/dev/null)" ]; then
+    echo "error: PACK=$PACK is not empty; give a new or empty folder" >&2; exit 2
+  fi
   mkdir -p "$PACK"
   cp -r "$OUT/shipped" "$PACK/"
   tar -C "$OUT" -cf "$PACK/eval.tar" eval
