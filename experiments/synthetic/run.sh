@@ -18,13 +18,16 @@ if [ "${EXP_SCALE:-full}" = smoke ]; then  # toy sizes: checks the whole path on
   : "${STEPS:=4}" "${BATCH:=2}" "${DEVICE:=cpu}" "${EVAL_STEPS:=2}" "${TRACKS:=64}" "${WORKERS:=2}"
   : "${TRAIN_ARGS:=--trainer.accelerator cpu --trainer.precision 32-true --data.num_workers 0 --data.pin_memory false}"
 fi
-SIZE=${SIZE:-128} FRAMES=${FRAMES:-25} CAMERAS=${CAMERAS:-4} PAIRS=${PAIRS:-12} TRACKS=${TRACKS:-512}
-TRAIN_SCENES=${TRAIN_SCENES:-1000} VAL_SCENES=${VAL_SCENES:-16} TEST_SCENES=${TEST_SCENES:-32}
+SIZE=${SIZE:-128} FRAMES=${FRAMES:-25} CAMERAS=${CAMERAS:-4} PAIRS=${PAIRS:-4} TRACKS=${TRACKS:-128}
+TRAIN_SCENES=${TRAIN_SCENES:-1200} VAL_SCENES=${VAL_SCENES:-16} TEST_SCENES=${TEST_SCENES:-32}
 AE_SECONDS=${AE_SECONDS:-150} STEPS=${STEPS:-3000} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda} EVAL_STEPS=${EVAL_STEPS:-30}
-WORKERS=${WORKERS:-$(nproc)} TRAIN_ARGS=${TRAIN_ARGS:-}
+WORKERS=${WORKERS:-$(nproc)} TRAIN_ARGS=${TRAIN_ARGS:-} PRECOMPUTE_BATCH=${PRECOMPUTE_BATCH:-32}
 ARMS=${ARMS:-tracks camera none tracks_layers2 tracks_layers4 tracks_first tracks_random}
 TRAIN_KINDS=pan,tilt,dolly,truck,pedestal,arc  # every camera follows one of these in train and val scenes
 TEST_KINDS=pan_truck,arc_dolly                 # held-out families: the test scenes' cameras (source and targets)
+# TRACKS: 128 on a 8 x 8 token grid is 2 tracks per token, still denser than the paper's 1,152 on 30 x 52 (0.7 per
+# token); at 512 the tracks arms' conditioner cost ~2.5x the whole DiT's FLOPs (README). A pair needs 1/8 of them
+# seen in both views (64 of 512 in the first H200 run).
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}  # many processes share the cores
 
@@ -62,7 +65,8 @@ stage_curate() {
   for scheme in $(schemes); do
     for split in train val; do
       python -m data_curation.curate --root "$OUT/data/$split" --out "$OUT/tracks/$scheme/$split" --tracker oracle \
-        --pairs-per-scene "$PAIRS" --num-tracks "$TRACKS" --query-frames "$scheme" --seed 0 --workers "$workers" \
+        --pairs-per-scene "$PAIRS" --num-tracks "$TRACKS" --min-valid-tracks $((TRACKS / 8)) \
+        --query-frames "$scheme" --seed 0 --workers "$workers" \
         --samples-per-shard 256 > "$OUT/logs/curate-$scheme-$split.log" 2>&1 &
     done
   done
@@ -77,7 +81,8 @@ stage_latents() {
       for rank in $(seq 0 $((ranks - 1))); do
         python -m data_curation.precompute --shards "$OUT/tracks/$scheme/$split" --out "$OUT/latents/$scheme/$split" \
           --model "$OUT/wan" --height "$SIZE" --width "$SIZE" --num-frames "$FRAMES" --device "$DEVICE" \
-          --dtype float32 --rank "$rank" --world-size "$ranks" > "$OUT/logs/latents-$scheme-$split-$rank.log" 2>&1 &
+          --dtype float32 --batch-size "$PRECOMPUTE_BATCH" --rank "$rank" --world-size "$ranks" \
+          > "$OUT/logs/latents-$scheme-$split-$rank.log" 2>&1 &
       done
     done
   done
@@ -113,8 +118,10 @@ load_training_checkpoint as load; print(load(sys.argv[1])['global_step'])" "$OUT
   fi
   echo "arms compared at $name.ckpt (last.ckpt steps: $(echo $steps))"
   for arm in $ARMS; do
-    python train.py export --ckpt "$OUT/runs/$arm/checkpoints/$name.ckpt" --out "$OUT/exports/$arm"
+    python train.py export --ckpt "$OUT/runs/$arm/checkpoints/$name.ckpt" --out "$OUT/exports/$arm" \
+      > "$OUT/logs/export-$arm.log" 2>&1 &
   done
+  wait_all export
 }
 
 stage_prepare() {  # the autoencoder trains on the GPU while the CPUs curate; then the model and the latents
@@ -127,20 +134,25 @@ stage_prepare() {  # the autoencoder trains on the GPU while the CPUs curate; th
 
 stage_ship() { python "$HERE/ship.py" --model "$OUT/wan" --export "$OUT/exports/tracks" --out "$OUT/shipped"; }
 
-stage_pack() {  # what comes back from the GPU machine (files under 16 MiB): PACK=a new or empty folder
+stage_pack() {  # what leaves the GPU machine: one tar in parts of 15 MiB (its limit: 8 files of 16 MiB), PACK=empty dir
   if [ -n "$(ls -A "${PACK:?give PACK=a new or empty folder}" 2>/dev/null)" ]; then
     echo "error: PACK=$PACK is not empty; give a new or empty folder" >&2; exit 2
   fi
   mkdir -p "$PACK"
-  cp -r "$OUT/shipped" "$PACK/"
-  tar -C "$OUT" -cf "$PACK/eval.tar" eval
-  tar -C "$OUT" -cf "$PACK/logs.tar" logs vae/autoencoder.json $(cd "$OUT" && ls -d runs/*/logs)
+  # shellcheck disable=SC2046
+  tar -C "$OUT" --exclude=tracks.npz -cf - shipped eval data/test logs vae/autoencoder.json $(cd "$OUT" && ls -d runs/*/logs) \
+    | split -b 15M -d - "$PACK/pack.tar."
+  echo "packed $(cat "$PACK"/pack.tar.* | wc -c) bytes in $(ls "$PACK" | wc -l) parts; unpack: cat pack.tar.* | tar -x -C $OUT"
+}
+
+write_manifest() {
+  python evaluate.py manifest synthetic --root "$OUT/data/test" --targets-per-scene $((CAMERAS - 1)) \
+    --out "$OUT/eval/manifest.json"
 }
 
 stage_generate() {
   local arm
-  python evaluate.py manifest synthetic --root "$OUT/data/test" --targets-per-scene $((CAMERAS - 1)) \
-    --out "$OUT/eval/manifest.json"
+  write_manifest
   for arm in $ARMS; do
     python evaluate.py generate --manifest "$OUT/eval/manifest.json" --model "$OUT/wan" \
       --checkpoint "$OUT/exports/$arm" --tracker oracle --query-frames "$(arm_queries "$arm")" --num-queries "$TRACKS" \
@@ -150,8 +162,9 @@ stage_generate() {
   wait_all generate
 }
 
-stage_score() {
+stage_score() {  # CPU is fine; the manifest is written again, rooted where the test videos are now
   local arm
+  write_manifest
   python "$HERE/summarize.py" baselines --manifest "$OUT/eval/manifest.json" --vae "$OUT/vae" --out "$OUT/eval/generated"
   for arm in $ARMS source_copy autoencoder; do
     python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$arm" \
