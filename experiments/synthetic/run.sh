@@ -141,8 +141,13 @@ stage_pack() {  # what leaves the GPU machine: one tar in parts of 15 MiB (its l
   mkdir -p "$PACK"
   # shellcheck disable=SC2046
   tar -C "$OUT" --exclude=tracks.npz -cf - shipped eval data/test logs vae/autoencoder.json $(cd "$OUT" && ls -d runs/*/logs) \
-    | split -b 15M -d - "$PACK/pack.tar."
-  echo "packed $(cat "$PACK"/pack.tar.* | wc -c) bytes in $(ls "$PACK" | wc -l) parts; unpack: cat pack.tar.* | tar -x -C $OUT"
+    | split -b 15M -d - "$PACK/pack.tar." \
+    || { rm -f "$PACK"/pack.tar.*; echo "error: pack failed (above); nothing left in $PACK" >&2; exit 1; }
+  local parts && parts=$(ls "$PACK" | wc -l)
+  echo "packed $(du -cb "$PACK"/pack.tar.* | tail -n 1 | cut -f1) bytes in $parts parts; unpack: cat pack.tar.* | tar -x"
+  if [ "$parts" -gt 8 ]; then
+    echo "error: $parts parts, the device returns 8 files: set fewer ARMS or TEST_SCENES" >&2; exit 2
+  fi
 }
 
 write_manifest() {

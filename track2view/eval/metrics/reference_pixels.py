@@ -20,7 +20,7 @@ class ReferencePixels(FrameMetric):
     def per_frame(self, clip: Clip) -> dict:
         from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-        # float32: a float64 conv2d (SSIM's window) is ~100x slower on CPU, for differences below 1e-5
+        # float32: SSIM's float64 conv2d took ~13 s per 25-frame 128 px clip on 2 CPU cores (float32 ~1.5 s, ~1e-7 off)
         g, t = (torch.as_tensor(v).permute(0, 3, 1, 2).float() / 255.0 for v in (clip.generated, clip.target))
         psnr = [float(peak_signal_noise_ratio(a[None], b[None], data_range=1.0)) for a, b in zip(g, t)]
         ssim = structural_similarity_index_measure(g, t, data_range=1.0, reduction="none")
