@@ -107,3 +107,37 @@ def test_ddp_two_processes_fit_with_validation_video(tmp_path, tiny_wan_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (root / "checkpoints" / "last.ckpt").is_file()
     assert len(list(root.glob("logs/version_*/videos/*.mp4"))) == 2
+
+
+def test_torchrun_two_node_ranks_on_one_host_train_one_run(tmp_path, tiny_wan_dir):
+    """docs/training.md's multi-node command, simulated: two torchrun launches on this host, node ranks 0 and 1 of
+    `--nnodes 2`, form one 2-process job (Lightning's torchrun environment) that trains and checkpoints once."""
+    import socket
+
+    from data_fixtures import write_stage2_shards
+
+    shards = tmp_path / "shards"
+    write_stage2_shards(shards, num_shards=2, per_shard=2)  # a shard per global rank
+    root = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+         str(rank), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+         "train.py", "fit", "--config", "configs/demo.yaml", "--model.model_path", str(tiny_wan_dir),
+         "--data.train_shards", str(shards), "--data.val_shards", str(shards), "--data.num_tracks", "10",
+         "--data.num_workers", "0", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+         "--trainer.num_nodes", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
+         "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(root),
+         "--trainer.enable_progress_bar", "false"],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    for node, out in zip(nodes, outputs):
+        assert node.returncode == 0, out[-3000:]
+    members = {m for out in outputs for m in ("MEMBER: 1/2", "MEMBER: 2/2") if m in out}
+    assert members == {"MEMBER: 1/2", "MEMBER: 2/2"}, outputs[0][-3000:]  # c10d gives out the ranks
+    from track2view.training.checkpoints import load_training_checkpoint
+
+    assert load_training_checkpoint(root / "checkpoints" / "last.ckpt")["global_step"] == 2

@@ -241,3 +241,17 @@ def test_two_processes_match_one_with_accumulation():
     check = two["checkpoint"]
     assert check["frozen_saved"] == 0 and check["trainable_saved"] == check["trainable"] > 0, check
     assert check["max_abs_diff"] == 0.0 and "export_ok" in check, check
+
+
+def test_the_latent_shape_check_uses_the_model_directory_vae_strides(tmp_path):
+    """A VAE compressing space by 4 (experiments/synthetic/model.json) expects 32 x 32 latents of 128 px videos;
+    a directory without a VAE config, or no directory, means Wan-2.1's 8 and 4."""
+    import json
+
+    from track2view.training.module import vae_strides
+
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({"scale_factor_spatial": 4, "scale_factor_temporal": 4}))
+    assert vae_strides(str(tmp_path)) == (4, 4)
+    assert vae_strides(str(tmp_path / "elsewhere")) == (8, 4)
+    assert vae_strides(None) == (8, 4)

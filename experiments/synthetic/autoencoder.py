@@ -6,8 +6,10 @@ r"""Train a small `AutoencoderKLWan` (the real Wan-2.1 VAE class, a small config
 No pretrained Wan VAE can reach these machines, and a random-init one decodes noise; this one is trained until
 held-out reconstruction is good, so that every decoded video of the experiment means something. Objective:
 MSE + L1 on pixels in [-1, 1] and a small KL term (weight `--kl`, as latent-diffusion VAEs), on random
-(4k+1)-frame clips of the training videos. After training, the per-channel mean/std of the posterior mode over
-the training clips become the config's `latents_mean` / `latents_std` (Wan's normalisation), so normalised
+(4k+1)-frame clips of the training videos, by default as long as the videos: the causal VAE carries a feature
+cache from chunk to chunk, and one trained on 9-frame clips of 25-frame videos reconstructed frames 1-9 at 26 dB
+but fell to 14 dB by frame 25 (docs/results.md). `--init` fine-tunes a trained autoencoder instead. After
+training, the per-channel mean/std of the posterior mode over the training clips become the config's `latents_mean` / `latents_std` (Wan's normalisation), so normalised
 latents have unit variance, as flow matching assumes.
 
 Written to `--out` atomically (diffusers `save_pretrained` + `autoencoder.json`: held-out PSNR, steps, time);
@@ -89,17 +91,19 @@ def train(vae, videos: torch.Tensor, seconds: float, max_steps: int, batch: int,
 
 
 @torch.no_grad()
-def psnr(vae, videos: torch.Tensor, device, batch: int = 4) -> float:
-    """Mean PSNR (dB) of whole videos [N, T, H, W, 3] reconstructed from the posterior mode (torchmetrics; each
-    video's MSE over all its pixels, the [-1, 1] range)."""
+def psnr(vae, videos: torch.Tensor, device, batch: int = 4) -> tuple[float, list[float]]:
+    """PSNR (dB) of whole videos [N, T, H, W, 3] reconstructed from the posterior mode, in the [-1, 1] range
+    (torchmetrics): (mean over videos of each one's, [T] mean over videos of each frame's)."""
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
-    values = []
+    whole, by_frame = [], []
     for i in range(0, len(videos), batch):
         x = to_pixels(videos[i:i + batch], device)
         recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1)
-        values += peak_signal_noise_ratio(recon, x, data_range=2.0, reduction="none", dim=(1, 2, 3, 4)).tolist()
-    return float(np.mean(values))
+        whole += peak_signal_noise_ratio(recon, x, data_range=2.0, reduction="none", dim=(1, 2, 3, 4)).tolist()
+        by_frame.append(peak_signal_noise_ratio(recon.transpose(1, 2).flatten(0, 1), x.transpose(1, 2).flatten(0, 1),
+                                                data_range=2.0, reduction="none", dim=(1, 2, 3)).view(len(x), -1))
+    return float(np.mean(whole)), torch.cat(by_frame).mean(0).tolist()
 
 
 @torch.no_grad()
@@ -120,7 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=180.0, help="training time budget")
     p.add_argument("--max-steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--clip-frames", type=int, default=9, help="frames per training clip (4k+1)")
+    p.add_argument("--clip-frames", type=int, default=None,
+                   help="frames per training clip (4k+1; default: the videos' length, see the docstring)")
+    p.add_argument("--init", help="a trained autoencoder directory (this script's --out) to fine-tune")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--kl", type=float, default=1e-6)
     p.add_argument("--max-videos", type=int, default=2000, help="training videos held in memory")
@@ -134,16 +140,26 @@ def main(argv=None) -> int:
     if (out / REPORT).is_file():
         print(f"{out} exists: {json.loads((out / REPORT).read_text())}")
         return 0
-    if (a.clip_frames - 1) % 4:
-        print(f"error: --clip-frames {a.clip_frames} must be 4k+1 (the causal VAE's stride)", file=sys.stderr)
+    videos = load_videos(scene_videos(Path(a.train), a.max_videos))
+    clip_frames = a.clip_frames or videos.shape[1]
+    if (clip_frames - 1) % 4 or clip_frames > videos.shape[1]:
+        print(f"error: --clip-frames {clip_frames} must be 4k+1 (the causal VAE's stride) and at most the videos' "
+              f"{videos.shape[1]} frames", file=sys.stderr)
         return 2
     device = torch.device(a.device)
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(**json.loads(Path(a.config).read_text())["vae"]).to(device)
-    videos = load_videos(scene_videos(Path(a.train), a.max_videos))
+    config = json.loads(Path(a.config).read_text())["vae"]
+    vae = AutoencoderKLWan.from_pretrained(a.init) if a.init else AutoencoderKLWan(**config)
+    if differ := {k: (v, vae.config[k]) for k, v in config.items() if vae.config[k] != v}:
+        print(f"error: --init {a.init} is not the --config autoencoder ({{setting: (config, init)}}: {differ}); "
+              f"train one from scratch (no --init) or use that config", file=sys.stderr)
+        return 2
+    vae.to(device)
     held_out = load_videos(scene_videos(Path(a.test)))
-    report = train(vae, videos, a.seconds, a.max_steps, a.batch_size, a.clip_frames, a.lr, a.kl, device)
-    report.update(test_psnr_db=round(psnr(vae, held_out, device), 2), test_videos=len(held_out),
+    report = train(vae, videos, a.seconds, a.max_steps, a.batch_size, clip_frames, a.lr, a.kl, device)
+    whole, by_frame = psnr(vae, held_out, device)
+    report.update(test_psnr_db=round(whole, 2), test_psnr_db_by_frame=[round(v, 2) for v in by_frame],
+                  clip_frames=clip_frames, init=a.init, test_videos=len(held_out),
                   train_videos=len(videos), parameters=sum(p.numel() for p in vae.parameters()),
                   device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     set_latent_stats(vae, videos[:256], device)

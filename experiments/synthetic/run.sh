@@ -14,14 +14,16 @@ cd "$(dirname "$0")/../.."
 HERE=experiments/synthetic
 OUT=${EXP_OUT:-outputs/synthetic}
 if [ "${EXP_SCALE:-full}" = smoke ]; then  # toy sizes: checks the whole path on CPU, the numbers mean nothing
-  : "${SIZE:=32}" "${FRAMES:=9}" "${TRAIN_SCENES:=4}" "${VAL_SCENES:=1}" "${TEST_SCENES:=2}" "${AE_SECONDS:=5}"
+  : "${SIZE:=32}" "${FRAMES:=9}" "${TRAIN_SCENES:=4}" "${VAL_SCENES:=1}" "${TEST_SCENES:=2}"
+  : "${AE_SECONDS:=5}" "${AE_BATCH:=2}"
   : "${STEPS:=4}" "${BATCH:=2}" "${DEVICE:=cpu}" "${EVAL_STEPS:=2}" "${TRACKS:=64}" "${WORKERS:=2}"
   : "${TRAIN_ARGS:=--trainer.accelerator cpu --trainer.precision 32-true --data.num_workers 0 --data.pin_memory false}"
 fi
 SIZE=${SIZE:-128} FRAMES=${FRAMES:-25} CAMERAS=${CAMERAS:-4} PAIRS=${PAIRS:-4} TRACKS=${TRACKS:-128}
 TRAIN_SCENES=${TRAIN_SCENES:-1200} VAL_SCENES=${VAL_SCENES:-16} TEST_SCENES=${TEST_SCENES:-32}
-AE_SECONDS=${AE_SECONDS:-150} STEPS=${STEPS:-3000} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda} EVAL_STEPS=${EVAL_STEPS:-30}
-WORKERS=${WORKERS:-$(nproc)} TRAIN_ARGS=${TRAIN_ARGS:-} PRECOMPUTE_BATCH=${PRECOMPUTE_BATCH:-32}
+AE_SECONDS=${AE_SECONDS:-300} AE_BATCH=${AE_BATCH:-16} STEPS=${STEPS:-3000} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda}
+EVAL_STEPS=${EVAL_STEPS:-30} WORKERS=${WORKERS:-$(nproc)} TRAIN_ARGS=${TRAIN_ARGS:-}
+PRECOMPUTE_BATCH=${PRECOMPUTE_BATCH:-32} AE_INIT=${AE_INIT-$HERE/autoencoder_init}
 ARMS=${ARMS:-tracks camera none tracks_layers2 tracks_layers4 tracks_first tracks_random}
 TRAIN_KINDS=pan,tilt,dolly,truck,pedestal,arc  # every camera follows one of these in train and val scenes
 TEST_KINDS=pan_truck,arc_dolly                 # held-out families: the test scenes' cameras (source and targets)
@@ -43,18 +45,26 @@ arm_config() {
 }
 schemes() { for arm in $ARMS; do arm_queries "$arm"; done | sort -u; }
 
-stage_data() {
-  python -m track2view.synthetic --out "$OUT/data" --split train --scenes "$TRAIN_SCENES" --cameras "$CAMERAS" \
-    --size "$SIZE" --frames "$FRAMES" --seed 0 --workers "$WORKERS" --trajectory-kinds "$TRAIN_KINDS"
-  python -m track2view.synthetic --out "$OUT/data" --split val --scenes "$VAL_SCENES" --cameras "$CAMERAS" \
-    --size "$SIZE" --frames "$FRAMES" --seed 1 --workers "$WORKERS" --trajectory-kinds "$TRAIN_KINDS"
-  python -m track2view.synthetic --out "$OUT/data" --split test --scenes "$TEST_SCENES" --cameras "$CAMERAS" \
-    --size "$SIZE" --frames "$FRAMES" --seed 2 --workers "$WORKERS" --trajectory-kinds "$TEST_KINDS"
+stage_data() {  # SPLITS: some of them (the test split is deterministic: render it again where it is scored)
+  local split
+  for split in ${SPLITS:-train val test}; do
+    # shellcheck disable=SC2046
+    python -m track2view.synthetic --out "$OUT/data" --split "$split" --cameras "$CAMERAS" --size "$SIZE" \
+      --frames "$FRAMES" --workers "$WORKERS" $(split_args "$split")
+  done
+}
+split_args() {
+  case $1 in
+    train) echo --scenes "$TRAIN_SCENES" --seed 0 --trajectory-kinds "$TRAIN_KINDS" ;;
+    val) echo --scenes "$VAL_SCENES" --seed 1 --trajectory-kinds "$TRAIN_KINDS" ;;
+    test) echo --scenes "$TEST_SCENES" --seed 2 --trajectory-kinds "$TEST_KINDS" ;;
+    *) echo "error: SPLITS holds '$1'; choose among train val test" >&2; exit 2 ;;
+  esac
 }
 
-stage_autoencoder() {
+stage_autoencoder() {  # fine-tunes AE_INIT (default: the committed autoencoder_init/; AE_INIT= : a random init)
   python "$HERE/autoencoder.py" --train "$OUT/data/train" --test "$OUT/data/test" --config "$HERE/model.json" \
-    --out "$OUT/vae" --seconds "$AE_SECONDS" --device "$DEVICE"
+    --out "$OUT/vae" --seconds "$AE_SECONDS" --batch-size "$AE_BATCH" --device "$DEVICE" ${AE_INIT:+--init "$AE_INIT"}
 }
 
 stage_model() { python "$HERE/make_model.py" --vae "$OUT/vae" --config "$HERE/model.json" --out "$OUT/wan"; }
@@ -134,19 +144,23 @@ stage_prepare() {  # the autoencoder trains on the GPU while the CPUs curate; th
 
 stage_ship() { python "$HERE/ship.py" --model "$OUT/wan" --export "$OUT/exports/tracks" --out "$OUT/shipped"; }
 
-stage_pack() {  # what leaves the GPU machine: one tar in parts of 15 MiB (its limit: 8 files of 16 MiB), PACK=empty dir
+stage_pack() {  # what leaves the GPU machine: one tar in 15 MiB parts (it returns 64 MiB: 16 MiB files), PACK=empty dir
   if [ -n "$(ls -A "${PACK:?give PACK=a new or empty folder}" 2>/dev/null)" ]; then
     echo "error: PACK=$PACK is not empty; give a new or empty folder" >&2; exit 2
   fi
   mkdir -p "$PACK"
-  # shellcheck disable=SC2046
-  tar -C "$OUT" --exclude=tracks.npz -cf - shipped eval data/test logs vae/autoencoder.json $(cd "$OUT" && ls -d runs/*/logs) \
+  local arm members=(shipped eval/manifest.json logs vae/autoencoder.json)
+  for arm in $ARMS; do members+=("eval/generated/$arm" "runs/$arm/logs"); done
+  # the test split stays behind (`SPLITS=test run.sh data` renders it again where it is scored); its checksums travel
+  (cd "$OUT/data/test" && find . -type f ! -name tracks.npz | sort | xargs sha256sum) > "$OUT/logs/test-data.sha256"
+  tar -C "$OUT" --exclude=tracks.npz -cf - "${members[@]}" \
     | split -b 15M -d - "$PACK/pack.tar." \
     || { rm -f "$PACK"/pack.tar.*; echo "error: pack failed (above); nothing left in $PACK" >&2; exit 1; }
   local parts && parts=$(ls "$PACK" | wc -l)
   echo "packed $(du -cb "$PACK"/pack.tar.* | tail -n 1 | cut -f1) bytes in $parts parts; unpack: cat pack.tar.* | tar -x"
-  if [ "$parts" -gt 8 ]; then
-    echo "error: $parts parts, the device returns 8 files: set fewer ARMS or TEST_SCENES" >&2; exit 2
+  if [ "$parts" -gt 4 ]; then
+    rm -f "$PACK"/pack.tar.*
+    echo "error: $parts parts, the device returns 64 MiB (4 parts): set fewer ARMS or TEST_SCENES" >&2; exit 2
   fi
 }
 
@@ -185,6 +199,7 @@ wait_all() {  # wait for every background job; fail (naming the logs) if any fai
   if [ "$failed" = 1 ]; then echo "error: a job of stage $1 failed; see its log in $OUT/logs/" >&2; exit 1; fi
 }
 
+trap 'kill $(jobs -p) 2>/dev/null; exit 143' TERM INT  # a `timeout` stops the stage's background jobs too
 mkdir -p "$OUT/logs"
 stages=("$@")
 [ "${stages[0]:-all}" = all ] && stages=(data prepare train export generate score)

@@ -156,9 +156,10 @@ class Track2ViewPipeline(DiffusionPipeline):
     def encode_prompts(self, prompt: str, negative_prompt: str | None, do_cfg: bool):
         """(prompt_embeds [1, 512, D], negative [1, 512, D] or None), zero-padded as WanPipeline does."""
         prompts = [prompt or ""] + ([negative_prompt or ""] if do_cfg else [])
-        embeds = encode_prompt(self.tokenizer, self.text_encoder, prompts, max_length=MAX_SEQUENCE_LENGTH,
-                               device=self._execution_device)
-        padded = [torch.cat([e, e.new_zeros(MAX_SEQUENCE_LENGTH - len(e), e.shape[-1])])[None] for e in embeds]
+        # on the text encoder's device: after a first render it may be back on the CPU (rerender.free_text_encoder)
+        embeds = encode_prompt(self.tokenizer, self.text_encoder, prompts, max_length=MAX_SEQUENCE_LENGTH)
+        padded = [torch.cat([e, e.new_zeros(MAX_SEQUENCE_LENGTH - len(e), e.shape[-1])])[None].to(
+            self._execution_device) for e in embeds]
         return padded[0], (padded[1] if do_cfg else None)
 
     @property

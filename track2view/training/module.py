@@ -19,6 +19,7 @@ draws what N GPUs draw. bf16 comes from the Trainer's precision: "bf16-mixed" au
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -47,6 +48,14 @@ def check_video_size(height: int | None, width: int | None, num_frames: int | No
                                  names=("model.height", "model.width", "model.num_frames"))
     if problem:
         raise ConfigError(problem)
+
+
+def vae_strides(model_path: str | None) -> tuple[int, int]:
+    """(spatial, temporal) compression of the model directory's VAE: its config's scale_factor_spatial/_temporal
+    (diffusers' AutoencoderKLWan fields); Wan-2.1's 8 and 4 when there is no directory or the config lacks them."""
+    config = Path(model_path or "", "vae", "config.json")
+    values = json.loads(config.read_text()) if model_path is not None and config.is_file() else {}
+    return values.get("scale_factor_spatial") or 8, values.get("scale_factor_temporal") or 4
 
 
 class Track2ViewModule(L.LightningModule):
@@ -196,8 +205,9 @@ class Track2ViewModule(L.LightningModule):
         self._checked_shape = True
         h = self.hparams
         _, c, f, lh, lw = batch["source_latents"].shape
-        expected = (latent_frames(h.num_frames) if h.num_frames else f, h.height // 8 if h.height else lh,
-                    h.width // 8 if h.width else lw)
+        space, time = vae_strides(h.model_path)
+        expected = (latent_frames(h.num_frames, time) if h.num_frames else f, h.height // space if h.height else lh,
+                    h.width // space if h.width else lw)
         if (f, lh, lw) != expected:
             raise ConfigError(f"the shards hold latents [C, F, h, w] = {[c, f, lh, lw]} but the config says "
                               f"{h.height}x{h.width}x{h.num_frames} -> {[c, *expected]}; precompute the shards at the "
