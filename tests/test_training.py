@@ -243,15 +243,21 @@ def test_two_processes_match_one_with_accumulation():
     assert check["max_abs_diff"] == 0.0 and "export_ok" in check, check
 
 
-def test_the_latent_shape_check_uses_the_model_directory_vae_strides(tmp_path):
+def test_the_size_checks_use_the_model_directory_vae_strides_and_the_patch(tmp_path):
     """A VAE compressing space by 4 (experiments/synthetic/model.json) expects 32 x 32 latents of 128 px videos;
-    a directory without a VAE config, or no directory, means Wan-2.1's 8 and 4."""
+    a directory without a VAE config, or no directory, means Wan-2.1's 8 and 4. Video sizes must be multiples of
+    VAE stride x patch: 32 for an 8x VAE under a 1 x 4 x 4 patch."""
     import json
 
-    from track2view.training.module import vae_strides
+    from track2view.testing.tiny import TINY_TRANSFORMER
+    from track2view.training.module import ConfigError, Track2ViewModule, vae_strides
 
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "config.json").write_text(json.dumps({"scale_factor_spatial": 4, "scale_factor_temporal": 4}))
     assert vae_strides(str(tmp_path)) == (4, 4)
     assert vae_strides(str(tmp_path / "elsewhere")) == (8, 4)
     assert vae_strides(None) == (8, 4)
+    patch4 = {**TINY_TRANSFORMER, "patch_size": (1, 4, 4)}
+    Track2ViewModule(wan_config=patch4, height=64, width=96, num_frames=9)
+    with pytest.raises(ConfigError, match="model.height=48 is not a positive multiple of 32"):
+        Track2ViewModule(wan_config=patch4, height=48, width=96, num_frames=9)

@@ -9,8 +9,9 @@ MSE + L1 on pixels in [-1, 1] and a small KL term (weight `--kl`, as latent-diff
 (4k+1)-frame clips of the training videos, by default as long as the videos: the causal VAE carries a feature
 cache from chunk to chunk, and one trained on 9-frame clips of 25-frame videos reconstructed frames 1-9 at 26 dB
 but fell to 14 dB by frame 25 (docs/results.md). `--init` fine-tunes a trained autoencoder instead. After
-training, the per-channel mean/std of the posterior mode over the training clips become the config's `latents_mean` / `latents_std` (Wan's normalisation), so normalised
-latents have unit variance, as flow matching assumes.
+training, the per-channel mean/std of the posterior mode over the training clips become the config's
+`latents_mean` / `latents_std` (Wan's normalisation), so normalised latents have unit variance, as flow matching
+assumes.
 
 Written to `--out` atomically (diffusers `save_pretrained` + `autoencoder.json`: held-out PSNR, steps, time);
 an existing complete output is kept (the stage is skipped).
@@ -140,13 +141,6 @@ def main(argv=None) -> int:
     if (out / REPORT).is_file():
         print(f"{out} exists: {json.loads((out / REPORT).read_text())}")
         return 0
-    videos = load_videos(scene_videos(Path(a.train), a.max_videos))
-    clip_frames = a.clip_frames or videos.shape[1]
-    if (clip_frames - 1) % 4 or clip_frames > videos.shape[1]:
-        print(f"error: --clip-frames {clip_frames} must be 4k+1 (the causal VAE's stride) and at most the videos' "
-              f"{videos.shape[1]} frames", file=sys.stderr)
-        return 2
-    device = torch.device(a.device)
     torch.manual_seed(0)
     config = json.loads(Path(a.config).read_text())["vae"]
     vae = AutoencoderKLWan.from_pretrained(a.init) if a.init else AutoencoderKLWan(**config)
@@ -154,6 +148,13 @@ def main(argv=None) -> int:
         print(f"error: --init {a.init} is not the --config autoencoder ({{setting: (config, init)}}: {differ}); "
               f"train one from scratch (no --init) or use that config", file=sys.stderr)
         return 2
+    videos = load_videos(scene_videos(Path(a.train), a.max_videos))
+    clip_frames = a.clip_frames or videos.shape[1]
+    if (clip_frames - 1) % 4 or clip_frames > videos.shape[1]:
+        print(f"error: --clip-frames {clip_frames} must be 4k+1 (the causal VAE's stride) and at most the videos' "
+              f"{videos.shape[1]} frames", file=sys.stderr)
+        return 2
+    device = torch.device(a.device)
     vae.to(device)
     held_out = load_videos(scene_videos(Path(a.test)))
     report = train(vae, videos, a.seconds, a.max_steps, a.batch_size, clip_frames, a.lr, a.kl, device)

@@ -109,7 +109,7 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_pat
     h = {k: v for k, v in loaded["hyper_parameters"].items() if not k.startswith("_")}  # no CLI bookkeeping
     if model_path is not None:
         h["model_path"] = model_path
-    base = _base_config(h)
+    base = base_config(h)
     state = loaded["state_dict"]
     conditioning = build_conditioning(h.get("conditioning", "tracks"),
                                       base["num_attention_heads"] * base["attention_head_dim"],
@@ -139,7 +139,7 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, model_pat
     return write_export(out, lora_state, _lora_metadata(lora) if lora else {}, conditioning, info, trained_base)
 
 
-def _base_config(hparams: dict) -> dict:
+def base_config(hparams: dict) -> dict:
     """The base Wan transformer config of a run: its model_path's transformer/config.json, or wan_config."""
     if hparams.get("model_path"):
         config = Path(hparams["model_path"]) / "transformer" / "config.json"

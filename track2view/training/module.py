@@ -32,6 +32,7 @@ from track2view.conditioning import KINDS, batch_slice, input_names
 from track2view.dtypes import DTYPES
 from track2view.model.flow_matching import FlowMatchingConfig, flow_matching_loss, prepare_training_inputs
 from track2view.model.one_way import check_timestep_mode
+from track2view.training.checkpoints import base_config
 from track2view.video_size import latent_frames, video_size_problem
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -43,7 +44,8 @@ class ConfigError(ValueError):
 
 def check_video_size(height: int | None, width: int | None, num_frames: int | None, spatial_multiple: int = 16,
                      temporal_stride: int = 4) -> None:
-    """Raise ConfigError unless height/width are multiples of VAE x patch (16) and num_frames is 4k+1."""
+    """Raise ConfigError unless height/width are multiples of VAE stride x patch (Wan-2.1: 16) and num_frames is
+    (temporal stride)k+1."""
     problem = video_size_problem(height, width, num_frames, spatial_multiple, temporal_stride,
                                  names=("model.height", "model.width", "model.num_frames"))
     if problem:
@@ -126,7 +128,9 @@ class Track2ViewModule(L.LightningModule):
                               f"{lr}, {warmup_steps}, {min_lr_ratio}")
         if lora_rank < 1:
             raise ConfigError(f"model.lora_rank must be >= 1, got {lora_rank}")
-        check_video_size(height, width, num_frames)
+        self.vae_strides = vae_strides(model_path)  # (spatial, temporal)
+        patch = base_config({"model_path": model_path, "wan_config": wan_config}).get("patch_size", (1, 2, 2))
+        check_video_size(height, width, num_frames, self.vae_strides[0] * patch[-1], self.vae_strides[1])
         if init_from is not None:
             check_init_from(init_from, conditioning, train_base, conditioning_config)
         from track2view.model.speed import SpeedSettings
@@ -205,7 +209,7 @@ class Track2ViewModule(L.LightningModule):
         self._checked_shape = True
         h = self.hparams
         _, c, f, lh, lw = batch["source_latents"].shape
-        space, time = vae_strides(h.model_path)
+        space, time = self.vae_strides
         expected = (latent_frames(h.num_frames, time) if h.num_frames else f, h.height // space if h.height else lh,
                     h.width // space if h.width else lw)
         if (f, lh, lw) != expected:
