@@ -1,5 +1,6 @@
 """experiments/synthetic/autoencoder.py: whole-length training clips, the per-frame held-out PSNR, fine-tuning with
---init, and the refusal of an --init whose config is not the experiment's (real subprocesses, tiny sizes)."""
+--init (--seconds 0: as it is), and the refusals (an --init of another config, a clip longer than the videos,
+nothing to train or measure); real subprocesses, tiny sizes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "synthetic" / "autoencoder.py"
@@ -45,6 +48,12 @@ def test_trains_on_whole_videos_and_reports_psnr_per_frame_then_fine_tunes(setup
     proc = run(*common, "--out", str(root / "tuned"), "--init", str(root / "vae"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((root / "tuned" / "autoencoder.json").read_text())["init"] == str(root / "vae")
+    proc = run(*common, "--out", str(root / "as_is"), "--init", str(root / "tuned"), "--seconds", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    as_is = json.loads((root / "as_is" / "autoencoder.json").read_text())
+    assert as_is["steps"] == 0 and as_is["test_psnr_db_by_frame"]
+    tuned, kept = (load_file(str(root / d / "diffusion_pytorch_model.safetensors")) for d in ("tuned", "as_is"))
+    assert tuned.keys() == kept.keys() and all(torch.equal(tuned[k], kept[k]) for k in tuned)
 
 
 def test_an_init_of_another_config_or_a_clip_longer_than_the_videos_is_refused(setup, tmp_path):
@@ -55,7 +64,8 @@ def test_an_init_of_another_config_or_a_clip_longer_than_the_videos_is_refused(s
     first = run(*common, "--config", str(config), "--out", str(tmp_path / "vae"))
     assert first.returncode == 0, first.stderr[-3000:]
     for extra, needle in ((["--config", str(other), "--init", str(tmp_path / "vae")], "'z_dim': (8, 4)"),
-                          (["--config", str(config), "--clip-frames", "9"], "at most the videos' 5 frames")):
+                          (["--config", str(config), "--clip-frames", "9"], "at most the videos' 5 frames"),
+                          (["--config", str(config), "--seconds", "0"], "no autoencoder to measure")):
         proc = run(*common, *extra, "--out", str(tmp_path / "refused"))
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-3000:]
         assert not (tmp_path / "refused").exists()

@@ -8,7 +8,8 @@ held-out reconstruction is good, so that every decoded video of the experiment m
 MSE + L1 on pixels in [-1, 1] and a small KL term (weight `--kl`, as latent-diffusion VAEs), on random
 (4k+1)-frame clips of the training videos, by default as long as the videos: the causal VAE carries a feature
 cache from chunk to chunk, and one trained on 9-frame clips of 25-frame videos reconstructed frames 1-9 at 26 dB
-but fell to 14 dB by frame 25 (docs/results.md). `--init` fine-tunes a trained autoencoder instead. After
+but fell to 14 dB by frame 25 (docs/results.md). `--init` fine-tunes a trained autoencoder instead (`--seconds 0`:
+takes it as it is, only measured and its latent statistics set). After
 training, the per-channel mean/std of the posterior mode over the training clips become the config's
 `latents_mean` / `latents_std` (Wan's normalisation), so normalised latents have unit variance, as flow matching
 assumes.
@@ -122,7 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("--test", required=True, help="held-out split: the PSNR is measured on its videos")
     p.add_argument("--config", required=True, help="model.json: its 'vae' entry is the AutoencoderKLWan config")
     p.add_argument("--out", required=True)
-    p.add_argument("--seconds", type=float, default=180.0, help="training time budget")
+    p.add_argument("--seconds", type=float, default=180.0,
+                   help="training time budget; 0 with --init: that autoencoder as it is (measured, statistics set)")
     p.add_argument("--max-steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip-frames", type=int, default=None,
@@ -141,6 +143,10 @@ def main(argv=None) -> int:
     if (out / REPORT).is_file():
         print(f"{out} exists: {json.loads((out / REPORT).read_text())}")
         return 0
+    if a.seconds <= 0 and not a.init:
+        print("error: --seconds 0 trains nothing, and without --init there is no autoencoder to measure; give --init "
+              "DIR (a trained one) or a time budget", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     config = json.loads(Path(a.config).read_text())["vae"]
     vae = AutoencoderKLWan.from_pretrained(a.init) if a.init else AutoencoderKLWan(**config)

@@ -21,7 +21,7 @@ if [ "${EXP_SCALE:-full}" = smoke ]; then  # toy sizes: checks the whole path on
 fi
 SIZE=${SIZE:-128} FRAMES=${FRAMES:-25} CAMERAS=${CAMERAS:-4} PAIRS=${PAIRS:-4} TRACKS=${TRACKS:-128}
 TRAIN_SCENES=${TRAIN_SCENES:-1200} VAL_SCENES=${VAL_SCENES:-16} TEST_SCENES=${TEST_SCENES:-32}
-AE_SECONDS=${AE_SECONDS:-300} AE_BATCH=${AE_BATCH:-16} STEPS=${STEPS:-3000} BATCH=${BATCH:-32} DEVICE=${DEVICE:-cuda}
+AE_SECONDS=${AE_SECONDS:-0} AE_BATCH=${AE_BATCH:-16} STEPS=${STEPS:-2000} BATCH=${BATCH:-128} DEVICE=${DEVICE:-cuda}
 EVAL_STEPS=${EVAL_STEPS:-30} WORKERS=${WORKERS:-$(nproc)} TRAIN_ARGS=${TRAIN_ARGS:-}
 PRECOMPUTE_BATCH=${PRECOMPUTE_BATCH:-32} AE_INIT=${AE_INIT-$HERE/autoencoder_init}
 ARMS=${ARMS:-tracks camera none tracks_layers2 tracks_layers4 tracks_first tracks_random}
@@ -62,7 +62,8 @@ split_args() {
   esac
 }
 
-stage_autoencoder() {  # fine-tunes AE_INIT (default: the committed autoencoder_init/; AE_INIT= : a random init)
+stage_autoencoder() {  # AE_INIT (default: the committed autoencoder_init/) as it is, measured; AE_SECONDS > 0 fine-tunes
+  # it (AE_INIT= : trains one from a random init; give it AE_SECONDS)
   python "$HERE/autoencoder.py" --train "$OUT/data/train" --test "$OUT/data/test" --config "$HERE/model.json" \
     --out "$OUT/vae" --seconds "$AE_SECONDS" --batch-size "$AE_BATCH" --device "$DEVICE" ${AE_INIT:+--init "$AE_INIT"}
 }
