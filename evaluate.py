@@ -88,6 +88,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--guidance-interval", default="0,1", metavar="START,END",
                    help="run CFG only on this fraction of the denoising steps (default %(default)s: every step)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drop-tracks", action="store_true", help="a 'tracks' export with every track marked invalid "
+                   "(infer.py --drop-tracks): what the model makes without its tracks")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     add_speed_arguments(p, calibration=False)  # infer.py's speed and memory options (docs/inference.md)

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--save-tracks", action="store_true",
                     help="also write OUT_tracks.npz: the paired tracks (uv [2,T,N,2], depth [2,T,N], valid [2,T,N]) "
                          "and the source/target cameras (source_c2w, target_c2w [T,4,4], tracker world frame)")
+    io.add_argument("--drop-tracks", action="store_true",
+                    help="mark every track invalid in the model's input (a 'tracks' export; what the model makes "
+                         "without its tracks: a diagnostic, the target cameras still shape nothing else)")
     traj = p.add_argument_group("trajectory")
     traj.add_argument("--trajectory", action="append", default=[], metavar="NAME",
                       help="a preset (repeatable), see --list-trajectories")
@@ -134,7 +137,7 @@ def request_from(args) -> RerenderRequest:
                            guidance_interval=parse_interval(args.guidance_interval),
                            seed=args.seed, height=args.height, width=args.width, num_frames=args.num_frames,
                            side_by_side=args.side_by_side, overlay=args.overlay, save_tracks=args.save_tracks,
-                           overwrite=args.overwrite)
+                           drop_tracks=args.drop_tracks, overwrite=args.overwrite)
 
 
 def run(args) -> list:

@@ -289,3 +289,34 @@ def test_outline_rings_dots_in_black():
                       radius=1, outline=True)
     assert out[0, 4, 4].tolist() == [0, 255, 0] and out[0, 4, 6].tolist() == [0, 0, 0]
     assert out[0, 0, 0].tolist() == [255, 255, 255]
+
+
+def test_drop_tracks_renders_what_a_silent_conditioner_renders_and_needs_a_tracks_export(two_camera_scene,
+                                                                                       tiny_wan_dir, tmp_path):
+    """--drop-tracks (every track invalid) = the same model whose conditioner outputs zero; with the tracks the
+    trained conditioner changes the video; a camera export refuses the flag."""
+    from track2view.inference.rerender import InputError, RerenderRequest, Rerenderer
+    from track2view.model.transformer import Track2ViewTransformer
+
+    def export(name, conditioning="tracks", zero=False):
+        config = {"width": 32, "num_heads": 2} if conditioning == "tracks" else None
+        model = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioning=conditioning, conditioning_config=config)
+        if conditioning == "tracks":
+            torch.manual_seed(0)
+            torch.nn.init.normal_(model.conditioning.out_proj.weight, std=0 if zero else 0.5)
+        return model.save_trained(tmp_path / name)
+
+    def render(checkpoint, name, **options):
+        request = RerenderRequest(video=str(two_camera_scene / "videos" / "cam01.mp4"), out=str(tmp_path / name),
+                                  trajectories=["arc_left"], tracker="oracle", num_queries=64, steps=2, height=H,
+                                  width=W, num_frames=T, **options)
+        Rerenderer(str(tiny_wan_dir), str(checkpoint), device="cpu").render(request)
+        return read_video(tmp_path / name)[0].astype(int)
+
+    trained, silent = export("trained"), export("silent", zero=True)
+    with_tracks, dropped = render(trained, "a.mp4"), render(trained, "b.mp4", drop_tracks=True)
+    np.testing.assert_array_equal(dropped, render(silent, "c.mp4"))
+    assert np.abs(with_tracks - dropped).mean() > 1.0
+    with pytest.raises(InputError, match="--drop-tracks marks the tracks of a 'tracks' export invalid"):
+        render(export("camera", conditioning="camera"), "d.mp4", drop_tracks=True)
+    assert not (tmp_path / "d.mp4").exists()

@@ -107,9 +107,10 @@ def test_killed_and_resumed_runs_end_where_the_uninterrupted_run_ends(tmp_path, 
     while len(reached) <= KILLS and reached[-1] + 2 < STEPS:  # kill at a random step, a random time into it
         target = rng.randint(reached[-1] + 1, min(reached[-1] + 3, STEPS - 2))
         reached.append(_run_until_killed(command, ckpt, target, delay=rng.uniform(0.0, 0.4)))
-        assert reached[-2] < reached[-1] < STEPS, reached
+        # == STEPS: on a loaded machine the run can finish its last steps within `delay`, before the kill lands
+        assert reached[-2] < reached[-1] <= STEPS, reached
         command = _command(config, root, tiny_wan_dir, shards, "--ckpt_path", "last")
-    assert len(reached) - 1 >= 2, reached
+    assert len([step for step in reached[1:] if step < STEPS]) >= 2, reached  # killed mid-run twice at least
     final = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
 

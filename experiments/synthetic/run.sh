@@ -44,6 +44,9 @@ arm_config() {
   esac
 }
 schemes() { for arm in $ARMS; do arm_queries "$arm"; done | sort -u; }
+# what `generate` writes: every arm, and with `tracks` also `tracks_dropped` (its export with every track marked
+# invalid: what the conditioner adds is the difference)
+generated_rows() { echo $ARMS; case " $ARMS " in *" tracks "*) echo tracks_dropped ;; esac; }
 
 stage_data() {  # SPLITS: some of them (the test split is deterministic: render it again where it is scored)
   local split
@@ -151,7 +154,8 @@ stage_pack() {  # what leaves the GPU machine: one tar in 15 MiB parts (it retur
   fi
   mkdir -p "$PACK"
   local arm members=(shipped eval/manifest.json logs vae/autoencoder.json)
-  for arm in $ARMS; do members+=("eval/generated/$arm" "runs/$arm/logs"); done
+  for arm in $ARMS; do members+=("runs/$arm/logs"); done
+  for arm in $(generated_rows); do members+=("eval/generated/$arm"); done
   # the test split stays behind (`SPLITS=test run.sh data` renders it again where it is scored); its checksums travel
   (cd "$OUT/data/test" && find . -type f ! -name tracks.npz | sort | xargs sha256sum) > "$OUT/logs/test-data.sha256"
   tar -C "$OUT" --exclude=tracks.npz -cf - "${members[@]}" \
@@ -171,27 +175,30 @@ write_manifest() {
 }
 
 stage_generate() {
-  local arm
+  local row arm
   write_manifest
-  for arm in $ARMS; do
+  for row in $(generated_rows); do
+    arm=${row%_dropped}
+    # shellcheck disable=SC2046
     python evaluate.py generate --manifest "$OUT/eval/manifest.json" --model "$OUT/wan" \
       --checkpoint "$OUT/exports/$arm" --tracker oracle --query-frames "$(arm_queries "$arm")" --num-queries "$TRACKS" \
       --height "$SIZE" --width "$SIZE" --steps "$EVAL_STEPS" --guidance 1 --device "$DEVICE" --dtype float32 \
-      --out "$OUT/eval/generated/$arm" > "$OUT/logs/generate-$arm.log" 2>&1 &
+      $([ "$row" = "$arm" ] || echo --drop-tracks) --out "$OUT/eval/generated/$row" > "$OUT/logs/generate-$row.log" 2>&1 &
   done
   wait_all generate
 }
 
-stage_score() {  # CPU is fine; the manifest is written again, rooted where the test videos are now
-  local arm
+stage_score() {  # CPU is fine; the manifest is written again, rooted where the test videos are now; rows side by side
+  local row
   write_manifest
   python "$HERE/summarize.py" baselines --manifest "$OUT/eval/manifest.json" --vae "$OUT/vae" --out "$OUT/eval/generated"
-  for arm in $ARMS source_copy autoencoder; do
-    python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$arm" \
-      --out "$OUT/eval/scores/$arm" --metrics reference,camera_accuracy,matched_pixels --matcher sift --no-progress \
-      --device cpu > "$OUT/logs/score-$arm.log" 2>&1
+  for row in $(generated_rows) source_copy autoencoder; do
+    python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$row" \
+      --out "$OUT/eval/scores/$row" --metrics reference,camera_accuracy,matched_pixels --matcher sift --no-progress \
+      --pose-threads 1 --device cpu > "$OUT/logs/score-$row.log" 2>&1 &
   done
-  python "$HERE/summarize.py" table --out-dir "$OUT" --arms "$ARMS" --sheet "$OUT/eval/contact_sheet.png"
+  wait_all score
+  python "$HERE/summarize.py" table --out-dir "$OUT" --arms "$(generated_rows | xargs)" --sheet "$OUT/eval/contact_sheet.png"
 }
 
 wait_all() {  # wait for every background job; fail (naming the logs) if any failed
@@ -203,7 +210,10 @@ wait_all() {  # wait for every background job; fail (naming the logs) if any fai
 trap 'kill $(jobs -p) 2>/dev/null; exit 143' TERM INT  # a `timeout` stops the stage's background jobs too
 mkdir -p "$OUT/logs"
 stages=("$@")
-[ "${stages[0]:-all}" = all ] && stages=(data prepare train export generate score)
+[ $# = 0 ] && stages=(all)
+stages=("${stages[@]/#all/data prepare train export generate score}")  # `all` expands in place: `all ship` works
+# shellcheck disable=SC2206
+stages=(${stages[*]})
 for stage in "${stages[@]}"; do
   echo "== $stage ($(date +%T))"
   "stage_$stage"

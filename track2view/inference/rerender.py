@@ -67,6 +67,7 @@ class RerenderRequest:
     side_by_side: bool = False
     overlay: bool = False
     save_tracks: bool = False
+    drop_tracks: bool = False  # every track marked invalid in the model's input (a diagnostic of the tracks kind)
     overwrite: bool = False  # replace existing output files (never a directory)
 
 
@@ -225,16 +226,18 @@ class Rerenderer:
             prep = prepare_tracks(tracking, trajectory, request.num_frames, image_size=(request.height, request.width),
                                   num_tracks=request.num_queries)
             source_c2w = np.asarray(tracking.c2w[:request.num_frames], np.float64)
-            views.append(View(trajectory.name, conditioning_inputs(self.kind, prep, source_c2w, units), prep,
-                              source_c2w))
+            inputs = conditioning_inputs(self.kind, prep, source_c2w, units, drop_tracks=request.drop_tracks)
+            views.append(View(trajectory.name, inputs, prep, source_c2w))
         return views
 
 
 def conditioning_inputs(kind: str, prepared, source_c2w: np.ndarray, units_per_metre: float,
-                        stride: int = 4) -> dict:
-    """The pipeline inputs of conditioning `kind` for one prepared trajectory (reprojection.PreparedTracks)."""
+                        stride: int = 4, drop_tracks: bool = False) -> dict:
+    """The pipeline inputs of conditioning `kind` for one prepared trajectory (reprojection.PreparedTracks);
+    `drop_tracks`: the tracks all marked invalid (the conditioner then adds nothing: the model without them)."""
     if kind == "tracks":
-        return {"tracks": prepared.latent}
+        tracks = prepared.latent
+        return {"tracks": replace(tracks, valid=tracks.valid & False) if drop_tracks else tracks}
     if kind == "camera":
         from track2view.conditioning.camera import relative_camera_features
 
@@ -257,6 +260,9 @@ def check_request(r: RerenderRequest, kind: str) -> None:
                              f"or camera conditioning")
     for name in r.trajectories:
         resolve_name(name)
+    if r.drop_tracks and kind != "tracks":
+        raise InputError(f"--drop-tracks marks the tracks of a 'tracks' export invalid; this export's conditioning is "
+                         f"{kind!r}: drop the flag")
     if kind in CAMERA_KINDS and not r.tracks:
         from track2view.trackers import available_trackers
 
