@@ -113,6 +113,9 @@ def _add_score(sub) -> None:
                    "reference, all, or fid, clip, matched_pixels, camera_accuracy, aesthetic_quality, ...")
     p.add_argument("--frames", type=_frames, default=None, help="frame counts (default: 25,49,81 that fit)")
     p.add_argument("--title", default=None)
+    p.add_argument("--against", default=None, help="another folder of generated clips: the reference metrics (PSNR, "
+                   "SSIM, pixel error) compare with its clips instead of the true targets, e.g. a step-cache run "
+                   "against the exact one")
     w = p.add_argument_group("local weights (docs/evaluation.md, 'Getting the benchmark and the weights')")
     for flag, help_text in (("--inception", "Inception-v3 FID weights file"),
                             ("--fid-reference", "statistics written by `evaluate.py reference`"),
@@ -187,7 +190,7 @@ def run_score(a) -> list[Path]:
     fields = MetricOptions.__dataclass_fields__
     options = MetricOptions(**{k: getattr(a, k) for k in fields if hasattr(a, k)})
     metrics = build_metrics([m.strip() for m in a.metrics.split(",") if m.strip()], options)
-    return score(manifest, a.generated, a.out, metrics, lengths, a.root, not a.no_progress, a.title)
+    return score(manifest, a.generated, a.out, metrics, lengths, a.root, not a.no_progress, a.title, a.against)
 
 
 def run_generate(a) -> list[Path]:

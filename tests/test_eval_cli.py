@@ -163,6 +163,34 @@ def test_bad_input_is_one_line_and_writes_nothing(workspace):
                  "--metrics", "temporal_flickering"), "choose a new one per method")  # s_ok scored other_method
 
 
+def test_score_against_another_folder_compares_with_its_clips(workspace):
+    """--against: the reference metrics read that folder's clips instead of the true targets; a folder holding the
+    true target videos themselves scores exactly as the default does, another one differently; a scores folder
+    keeps to one reference."""
+    from track2view.eval.manifest import read_manifest
+
+    tmp, manifest = workspace["tmp"], read_manifest(workspace["manifest"])
+    truth, source = tmp / "against_truth", tmp / "against_source"
+    for entry in manifest.clips:
+        for folder, video in ((truth, entry.target_video), (source, entry.source_video)):
+            (folder / entry.key).mkdir(parents=True)
+            shutil.copy(manifest.video_path(video), folder / entry.key / "video.mp4")
+    common = ("score", "--manifest", workspace["manifest"], "--generated", workspace["generated"], "--metrics",
+              "reference_pixels", "--frames", str(SYN_FRAMES), "--device", "cpu")
+    for name, folder in (("vs_default", None), ("vs_truth", truth), ("vs_source", source)):
+        ok(evaluate(*common, "--out", tmp / name, *(("--against", folder) if folder else ())))
+
+    def psnr(name):
+        return [json.loads((tmp / name / "clips" / f"{c.key}.json").read_text())["scores"][str(SYN_FRAMES)]["psnr"]
+                for c in manifest.clips]
+
+    assert psnr("vs_truth") == psnr("vs_default")
+    assert psnr("vs_source") != psnr("vs_default")
+    bad(evaluate(*common, "--out", tmp / "vs_truth", "--against", source), "choose a new one per reference")
+    shutil.rmtree(source / manifest.clips[0].key)
+    bad(evaluate(*common, "--out", tmp / "vs_gap", "--against", source), "1 manifest clips have no video.mp4")
+
+
 class CopyRerenderer:
     """Stands in for the pipeline: 'generates' the source video itself (the sharding logic is what is tested)."""
 

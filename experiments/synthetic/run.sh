@@ -25,6 +25,7 @@ AE_SECONDS=${AE_SECONDS:-0} AE_BATCH=${AE_BATCH:-16} STEPS=${STEPS:-2000} BATCH=
 EVAL_STEPS=${EVAL_STEPS:-30} WORKERS=${WORKERS:-$(nproc)} TRAIN_ARGS=${TRAIN_ARGS:-}
 PRECOMPUTE_BATCH=${PRECOMPUTE_BATCH:-32} AE_INIT=${AE_INIT-$HERE/autoencoder_init}
 ARMS=${ARMS:-tracks camera none tracks_layers2 tracks_layers4 tracks_first tracks_random}
+CACHES=${CACHES-first_block taylorseer}  # step-cache presets the tracks arm also re-renders with (issue 11's quality)
 TRAIN_KINDS=pan,tilt,dolly,truck,pedestal,arc  # every camera follows one of these in train and val scenes
 TEST_KINDS=pan_truck,arc_dolly                 # held-out families: the test scenes' cameras (source and targets)
 # TRACKS: 128 on a 8 x 8 token grid is 2 tracks per token, still denser than the paper's 1,152 on 30 x 52 (0.7 per
@@ -45,8 +46,13 @@ arm_config() {
 }
 schemes() { for arm in $ARMS; do arm_queries "$arm"; done | sort -u; }
 # what `generate` writes: every arm, and with `tracks` also `tracks_dropped` (its export with every track marked
-# invalid: what the conditioner adds is the difference)
-generated_rows() { echo $ARMS; case " $ARMS " in *" tracks "*) echo tracks_dropped ;; esac; }
+# invalid: what the conditioner adds is the difference) and `tracks+CACHE` per step cache (scored against `tracks`)
+generated_rows() {
+  echo $ARMS
+  case " $ARMS " in *" tracks "*) echo tracks_dropped; for cache in $CACHES; do echo "tracks+$cache"; done ;; esac
+}
+row_arm() { local arm=${1%%+*}; echo "${arm%_dropped}"; }
+row_flags() { case $1 in *_dropped) echo --drop-tracks ;; *+*) echo --cache "${1#*+}" ;; esac; }
 
 stage_data() {  # SPLITS: some of them (the test split is deterministic: render it again where it is scored)
   local split
@@ -178,12 +184,12 @@ stage_generate() {
   local row arm
   write_manifest
   for row in $(generated_rows); do
-    arm=${row%_dropped}
+    arm=$(row_arm "$row")
     # shellcheck disable=SC2046
     python evaluate.py generate --manifest "$OUT/eval/manifest.json" --model "$OUT/wan" \
       --checkpoint "$OUT/exports/$arm" --tracker oracle --query-frames "$(arm_queries "$arm")" --num-queries "$TRACKS" \
       --height "$SIZE" --width "$SIZE" --steps "$EVAL_STEPS" --guidance 1 --device "$DEVICE" --dtype float32 \
-      $([ "$row" = "$arm" ] || echo --drop-tracks) --out "$OUT/eval/generated/$row" > "$OUT/logs/generate-$row.log" 2>&1 &
+      $(row_flags "$row") --out "$OUT/eval/generated/$row" > "$OUT/logs/generate-$row.log" 2>&1 &
   done
   wait_all generate
 }
@@ -196,6 +202,11 @@ stage_score() {  # CPU is fine; the manifest is written again, rooted where the 
     python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$row" \
       --out "$OUT/eval/scores/$row" --metrics reference,camera_accuracy,matched_pixels --matcher sift --no-progress \
       --pose-threads 1 --device cpu > "$OUT/logs/score-$row.log" 2>&1 &
+  done
+  for row in $(generated_rows | grep +); do  # a step cache's re-render against the exact one
+    python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$row" \
+      --against "$OUT/eval/generated/$(row_arm "$row")" --out "$OUT/eval/scores_vs_exact/$row" \
+      --metrics reference_pixels --no-progress --device cpu > "$OUT/logs/score-vs-exact-$row.log" 2>&1 &
   done
   wait_all score
   python "$HERE/summarize.py" table --out-dir "$OUT" --arms "$(generated_rows | xargs)" --sheet "$OUT/eval/contact_sheet.png"

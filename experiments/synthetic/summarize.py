@@ -7,8 +7,9 @@ r"""The experiment's reference rows, results table and contact sheet.
 * source_copy: the source video itself as the re-render (what a model that ignores the camera gets);
 * autoencoder: the true target video through the autoencoder (the ceiling any arm can reach in pixels).
 `table` reads every `evaluate.py score` result (RUN/eval/scores/<arm>/results.json, all clips) and prints one
-Markdown table (also written to RUN/eval/results.md); `--sheet` writes a contact sheet: per clip, source | true
-target | each arm, at a few evenly spaced frames.
+Markdown table (also written to RUN/eval/results.md), then, for rows scored against their exact re-render
+(RUN/eval/scores_vs_exact/<row>: the step caches), a second one; `--sheet` writes a contact sheet: per clip,
+source | true target | each arm, at a few evenly spaced frames.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def write_baselines(manifest_path: str, vae_dir: str, out: str) -> None:
                 write_video(tmp / clip_files.VIDEO, frames, fps)
 
 
-def read_scores(out_dir: Path, arm: str) -> dict:
-    path = out_dir / "eval" / "scores" / arm / "results.json"
+def read_scores(out_dir: Path, arm: str, scores: str = "scores") -> dict:
+    path = out_dir / "eval" / scores / arm / "results.json"
     rows = json.loads(path.read_text())["rows"]
     return next(r for r in rows if r["split"] == "all")
 
@@ -68,6 +69,13 @@ def table(out_dir: Path, arms: list[str]) -> str:
         row = read_scores(out_dir, arm)
         cells = [f"{row[k]:.{d}f}" if row.get(k) is not None and np.isfinite(row[k]) else "n/a" for k, _, d in COLUMNS]
         lines.append(f"| {arm} | {row['clips']} | " + " | ".join(cells) + f" | {row.get('pose_failed', 0)} |")
+    approximate = [arm for arm in arms if (out_dir / "eval" / "scores_vs_exact" / arm).is_dir()]
+    if approximate:
+        lines += ["", "| re-render | clips | PSNR vs exact (dB) ↑ | SSIM vs exact ↑ |", "|---|---|---|---|"]
+        for arm in approximate:
+            row = read_scores(out_dir, arm, "scores_vs_exact")
+            psnr = f"{row['psnr']:.2f}" if row.get("psnr") is not None else "identical"  # inf is stored as null
+            lines.append(f"| {arm} | {row['clips']} | {psnr} | {row['ssim']:.3f} |")
     return "\n".join(lines)
 
 

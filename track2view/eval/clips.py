@@ -78,13 +78,17 @@ def check_generated(manifest: Manifest, folder: str | Path) -> Path:
 
 
 def load_clip(manifest: Manifest, entry: ManifestClip, folder: str | Path, num_frames: int,
-              root: str | Path | None = None) -> Clip:
-    """The generated clip `entry.key` with its source (and true target) fitted to its size, first num_frames."""
+              root: str | Path | None = None, against: str | Path | None = None) -> Clip:
+    """The generated clip `entry.key` with its source (and true target) fitted to its size, first num_frames.
+    `against`: another folder of generated clips whose clip `entry.key` stands in for the true target (e.g. the
+    exact re-render, to score an approximate one against it)."""
     generated = read_frames(Path(folder) / entry.key / VIDEO, num_frames, f"generated clip {entry.key}")
     h, w = generated.shape[1:3]
     source = read_frames(manifest.video_path(entry.source_video, root), num_frames, f"source of {entry.key}")
     target = None
-    if entry.target_video:
+    if against is not None:
+        target = fit_to(read_frames(Path(against) / entry.key / VIDEO, num_frames, f"--against clip {entry.key}"), h, w)
+    elif entry.target_video:
         target = fit_to(read_frames(manifest.video_path(entry.target_video, root), num_frames,
                                     f"true target of {entry.key}"), h, w)
     return Clip(key=entry.key, generated=generated, source=fit_to(source, h, w), target=target, prompt=entry.clip_text,

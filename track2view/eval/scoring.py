@@ -1,7 +1,7 @@
 """`evaluate.py score`: every metric on every generated clip of a manifest, resumable, then the tables.
 
-    <out>/scoring.json                 manifest fingerprint, generated folder, lengths (a folder of another
-                                       manifest is refused)
+    <out>/scoring.json                 manifest fingerprint, generated folder, --against folder (a folder of
+                                       another manifest, method or reference is refused)
     <out>/clips/<key>.json             per-clip scores {"<frames>": {score: value}}, written last for the clip
     <out>/clips/<key>.<metric>.npy     per-frame features of set-level metrics (FID), so FID resumes too
     <out>/clips/<key>.row.png          the clip's contact-sheet row
@@ -51,8 +51,8 @@ def finite_or_null(value):
     return value
 
 
-def _prepare_out(out: Path, manifest: Manifest, generated: Path) -> None:
-    marker = out / "scoring.json"
+def _prepare_out(out: Path, manifest: Manifest, generated: Path, against: Path | None = None) -> None:
+    marker, against = out / "scoring.json", str(against.resolve()) if against is not None else None
     if out.exists() and not marker.is_file() and any(out.iterdir()):
         raise EvalInputError(f"--out {out} exists and is not a scores folder; choose a new one")
     if marker.is_file():
@@ -62,8 +62,11 @@ def _prepare_out(out: Path, manifest: Manifest, generated: Path) -> None:
         if Path(previous.get("generated", "")).resolve() != generated.resolve():
             raise EvalInputError(f"--out {out} holds scores of {previous.get('generated')}, not {generated}; "
                                  f"choose a new one per method")
+        if previous.get("against") != against:
+            raise EvalInputError(f"--out {out} holds scores against {previous.get('against') or 'the true targets'}; "
+                                 f"choose a new one per reference")
     (out / "clips").mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"manifest_fingerprint": manifest.fingerprint(), "generated": str(generated)})
+    write_json(marker, {"manifest_fingerprint": manifest.fingerprint(), "generated": str(generated), "against": against})
 
 
 def _check_sources(manifest: Manifest, root) -> None:
@@ -80,7 +83,8 @@ def _todo(record: dict | None, metrics, lengths) -> list:
     return [m for m in metrics if m.name not in record["metrics"]]
 
 
-def score_clip(manifest, entry, generated, out: Path, metrics, lengths, root=None, frames_per_row: int = 4) -> dict:
+def score_clip(manifest, entry, generated, out: Path, metrics, lengths, root=None, frames_per_row: int = 4,
+               against=None) -> dict:
     """Score one clip (only the metrics its record lacks) and write its record; returns the record."""
     path = out / "clips" / f"{entry.key}.json"
     record = json.loads(path.read_text()) if path.is_file() else None
@@ -89,7 +93,7 @@ def score_clip(manifest, entry, generated, out: Path, metrics, lengths, root=Non
         return record
     if record is None or todo == list(metrics):
         record = {"key": entry.key, "split": entry.split, "metrics": [], "scores": {}, "notes": []}
-    clip = clip_files.load_clip(manifest, entry, generated, max(lengths), root)
+    clip = clip_files.load_clip(manifest, entry, generated, max(lengths), root, against)
     for metric in todo:
         if not metric.applies_to(clip):
             record["notes"].append(f"{metric.name}: not applicable (needs {', '.join(metric.requires)})")
@@ -151,14 +155,16 @@ def write_contact_sheets(out: Path, records) -> list[Path]:
 
 
 def score(manifest: Manifest, generated, out, metrics, lengths, root=None, progress: bool = True,
-          title: str | None = None) -> list[Path]:
-    """Score every clip of `manifest` in folder `generated` into `out` (see the module docstring)."""
+          title: str | None = None, against=None) -> list[Path]:
+    """Score every clip of `manifest` in folder `generated` into `out` (see the module docstring); `against`:
+    a folder of generated clips that the reference metrics compare with instead of the true targets."""
     from tqdm import tqdm
 
     generated, out = clip_files.check_generated(manifest, generated), Path(out)
+    against = clip_files.check_generated(manifest, against) if against is not None else None
     _check_sources(manifest, root)
-    _prepare_out(out, manifest, generated)
-    records = [score_clip(manifest, entry, generated, out, metrics, lengths, root)
+    _prepare_out(out, manifest, generated, against)
+    records = [score_clip(manifest, entry, generated, out, metrics, lengths, root, against=against)
                for entry in tqdm(manifest.clips, desc="score", unit="clip", disable=None if progress else True)]
     return write_results(out, manifest, records, metrics, lengths,
                          title or f"{manifest.benchmark}: {generated.name}")
