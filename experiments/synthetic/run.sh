@@ -127,6 +127,11 @@ stage_train() {
 
 stage_export() {  # every arm at one step: last.ckpt when all arms reached the same, else the last common step*.ckpt
   local arm name steps
+  for arm in $ARMS; do
+    [ -f "$OUT/runs/$arm/checkpoints/last.ckpt" ] && continue
+    echo "error: arm $arm has no checkpoint yet in $OUT/runs/$arm/checkpoints; train longer (run.sh train resumes)" >&2
+    exit 1
+  done
   steps=$(for arm in $ARMS; do python -c "import sys; from track2view.training.checkpoints import \
 load_training_checkpoint as load; print(load(sys.argv[1])['global_step'])" "$OUT/runs/$arm/checkpoints/last.ckpt"
   done | sort -u)
@@ -195,9 +200,10 @@ stage_generate() {
 }
 
 stage_score() {  # CPU is fine; the manifest is written again, rooted where the test videos are now; rows side by side
-  local row
+  local row vae=$OUT/vae
+  [ -f "$vae/config.json" ] || vae=$OUT/shipped/wan/vae  # unpacked here: the shipped float16 copy of the same weights
   write_manifest
-  python "$HERE/summarize.py" baselines --manifest "$OUT/eval/manifest.json" --vae "$OUT/vae" --out "$OUT/eval/generated"
+  python "$HERE/summarize.py" baselines --manifest "$OUT/eval/manifest.json" --vae "$vae" --out "$OUT/eval/generated"
   for row in $(generated_rows) source_copy autoencoder; do
     python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$row" \
       --out "$OUT/eval/scores/$row" --metrics reference,camera_accuracy,matched_pixels --matcher sift --no-progress \
