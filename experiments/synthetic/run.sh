@@ -205,17 +205,19 @@ stage_score() {  # CPU is fine; the manifest is written again, rooted where the 
   write_manifest
   python "$HERE/summarize.py" baselines --manifest "$OUT/eval/manifest.json" --vae "$vae" --out "$OUT/eval/generated"
   for row in $(generated_rows) source_copy autoencoder; do
-    python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$row" \
-      --out "$OUT/eval/scores/$row" --metrics reference,camera_accuracy,matched_pixels --matcher sift --no-progress \
-      --pose-threads 1 --device cpu > "$OUT/logs/score-$row.log" 2>&1 &
+    score_job "$row" scores --metrics reference,camera_accuracy,matched_pixels --matcher sift --pose-threads 1
   done
   for row in $(generated_rows | grep +); do  # a step cache's re-render against the exact one
-    python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$row" \
-      --against "$OUT/eval/generated/$(row_arm "$row")" --out "$OUT/eval/scores_vs_exact/$row" \
-      --metrics reference_pixels --no-progress --device cpu > "$OUT/logs/score-vs-exact-$row.log" 2>&1 &
+    score_job "$row" scores_vs_exact --metrics reference_pixels --against "$OUT/eval/generated/$(row_arm "$row")"
   done
   wait_all score
   python "$HERE/summarize.py" table --out-dir "$OUT" --arms "$(generated_rows | xargs)" --sheet "$OUT/eval/contact_sheet.png"
+}
+
+score_job() {  # ROW SCORES [evaluate.py score options]: scores ROW's clips into eval/SCORES/ROW, in the background
+  local row=$1 scores=$2 && shift 2
+  python evaluate.py score --manifest "$OUT/eval/manifest.json" --generated "$OUT/eval/generated/$row" \
+    --out "$OUT/eval/$scores/$row" --no-progress --device cpu "$@" > "$OUT/logs/$scores-$row.log" 2>&1 &
 }
 
 wait_all() {  # wait for every background job; fail (naming the logs) if any failed
@@ -226,11 +228,10 @@ wait_all() {  # wait for every background job; fail (naming the logs) if any fai
 
 trap 'kill $(jobs -p) 2>/dev/null; exit 143' TERM INT  # a `timeout` stops the stage's background jobs too
 mkdir -p "$OUT/logs"
-stages=("$@")
-[ $# = 0 ] && stages=(all)
-stages=("${stages[@]/#all/data prepare train export generate score}")  # `all` expands in place: `all ship` works
-# shellcheck disable=SC2206
-stages=(${stages[*]})
+stages=()
+for stage in "${@:-all}"; do  # `all` expands in place: `all ship` runs ship too
+  if [ "$stage" = all ]; then stages+=(data prepare train export generate score); else stages+=("$stage"); fi
+done
 for stage in "${stages[@]}"; do
   echo "== $stage ($(date +%T))"
   "stage_$stage"
