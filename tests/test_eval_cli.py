@@ -164,9 +164,9 @@ def test_bad_input_is_one_line_and_writes_nothing(workspace):
 
 
 def test_score_against_another_folder_compares_with_its_clips(workspace):
-    """--against: the reference metrics read that folder's clips instead of the true targets; a folder holding the
-    true target videos themselves scores exactly as the default does, another one differently; a scores folder
-    keeps to one reference."""
+    """--against: the reference metrics read that folder's clips instead of the true targets (results.md says
+    which); a folder holding the true target videos themselves scores exactly as the default does, another one
+    differently; a scores folder keeps to one reference."""
     from track2view.eval.manifest import read_manifest
 
     tmp, manifest = workspace["tmp"], read_manifest(workspace["manifest"])
@@ -186,6 +186,8 @@ def test_score_against_another_folder_compares_with_its_clips(workspace):
 
     assert psnr("vs_truth") == psnr("vs_default")
     assert psnr("vs_source") != psnr("vs_default")
+    assert "Against the true target video" in (tmp / "vs_default" / "results.md").read_text()
+    assert f"Against the clips of {source} (not the true" in (tmp / "vs_source" / "results.md").read_text()
     bad(evaluate(*common, "--out", tmp / "vs_truth", "--against", source), "choose a new one per reference")
     shutil.rmtree(source / manifest.clips[0].key)
     bad(evaluate(*common, "--out", tmp / "vs_gap", "--against", source), "1 manifest clips have no video.mp4")

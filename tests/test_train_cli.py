@@ -77,7 +77,7 @@ def test_export_of_missing_checkpoint(tmp_path, capsys):
                           "nope.ckpt")
 
 
-@pytest.mark.parametrize("config", ["demo.yaml", "wan2.1_t2v_1.3b.yaml", "wan2.1_t2v_14b.yaml"])
+@pytest.mark.parametrize("config", ["demo.yaml", "synthetic_finetune.yaml", "wan2.1_t2v_1.3b.yaml", "wan2.1_t2v_14b.yaml"])
 def test_configs_parse(config, capsys):
     """Every shipped config is valid for the CLI (types, class paths, callback and strategy arguments)."""
     import train

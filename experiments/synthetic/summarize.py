@@ -7,7 +7,7 @@ r"""The experiment's reference rows, results table and contact sheet.
 * source_copy: the source video itself as the re-render (what a model that ignores the camera gets);
 * autoencoder: the true target video through the autoencoder (the ceiling any arm can reach in pixels).
 `table` reads every `evaluate.py score` result (RUN/eval/scores/<arm>/results.json, all clips) and prints one
-Markdown table (also written to RUN/eval/results.md), then, for rows scored against their exact re-render
+Markdown table (also written to RUN/eval/results.md) with a view-specificity column (`view_specificity`), then, for rows scored against their exact re-render
 (RUN/eval/scores_vs_exact/<row>: the step caches), a second one (clips equal to the exact re-render counted apart:
 their PSNR is infinite); `--sheet` writes a contact sheet: per clip,
 source | true target | each arm, at a few evenly spaced frames.
@@ -75,13 +75,50 @@ def against_exact(out_dir: Path, row: str) -> str:
             f"{np.mean([s['ssim'] for s in scores]):.3f} |")
 
 
+def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the PSNR (dB, data range 1) of uint8 videos [T, H, W, 3], as reference_pixels."""
+    t = min(len(a), len(b))
+    mse = ((a[:t].astype(np.float64) - b[:t].astype(np.float64)) / 255.0) ** 2
+    return float(np.mean(-10.0 * np.log10(np.maximum(mse.mean(axis=(1, 2, 3)), 1e-12))))
+
+
+def view_specificity(out_dir: Path, arm: str) -> np.ndarray:
+    """Per clip [N] (dB): its PSNR against its own true target minus the mean against the other true targets of
+    the same source video (the scene's other cameras). A re-render that follows its target camera is closer to
+    its own view than to the others; one that ignores the camera (`none`: one video for every target) scores 0
+    on average.
+    No pose estimation: it still reads where pycolmap cannot (blurred videos, docs/results.md)."""
+    from track2view.eval.manifest import read_manifest
+    from track2view.io import read_video
+
+    manifest = read_manifest(out_dir / "eval" / "manifest.json")
+    targets = {c.key: read_video(manifest.video_path(c.target_video))[0] for c in manifest.clips}
+    out = []
+    for entry in manifest.clips:
+        others = [c.key for c in manifest.clips if c.source_video == entry.source_video and c.key != entry.key]
+        if not others:
+            continue
+        video = read_video(out_dir / "eval" / "generated" / arm / entry.key / "video.mp4")[0]
+        own = frame_psnr(video, targets[entry.key])
+        out.append(own - np.mean([frame_psnr(video, targets[k]) for k in others]))
+    return np.asarray(out)
+
+
+def mean_and_error(values: np.ndarray) -> str:
+    if len(values) < 2:
+        return "n/a"
+    return f"{values.mean():+.2f} ± {values.std(ddof=1) / np.sqrt(len(values)):.2f} ({(values > 0).sum()}/{len(values)})"
+
+
 def table(out_dir: Path, arms: list[str]) -> str:
-    head = "| arm | clips | " + " | ".join(h for _, h, _ in COLUMNS) + " | pose failed |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    head = ("| arm | clips | " + " | ".join(h for _, h, _ in COLUMNS)
+            + " | pose failed | own - other views (dB) ↑, ± SE (clips > 0) |")
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
     for arm in arms + ["source_copy", "autoencoder"]:
         row = read_scores(out_dir, arm)
         cells = [f"{row[k]:.{d}f}" if row.get(k) is not None and np.isfinite(row[k]) else "n/a" for k, _, d in COLUMNS]
-        lines.append(f"| {arm} | {row['clips']} | " + " | ".join(cells) + f" | {row.get('pose_failed', 0)} |")
+        lines.append(f"| {arm} | {row['clips']} | " + " | ".join(cells) + f" | {row.get('pose_failed', 0)} | "
+                     f"{mean_and_error(view_specificity(out_dir, arm))} |")
     approximate = [arm for arm in arms if (out_dir / "eval" / "scores_vs_exact" / arm).is_dir()]
     if approximate:
         lines += ["", "| re-render | clips | equal to exact | PSNR vs exact, the others (dB) ↑ | SSIM vs exact ↑ |",

@@ -128,13 +128,13 @@ def _set_scores(out: Path, set_metrics):
     return scores
 
 
-def write_results(out: Path, manifest: Manifest, records, metrics, lengths, title: str) -> list[Path]:
+def write_results(out: Path, manifest: Manifest, records, metrics, lengths, title: str, against=None) -> list[Path]:
     set_metrics = [m for m in metrics if isinstance(m, SetMetric)]
     names = {name for m in metrics for name in m.names}
     rows = aggregate(records, lengths, _set_scores(out, set_metrics), names)
     infos = {m.name: m.info() for m in metrics}
     with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(markdown(rows, title, infos))
+        tmp.write_text(markdown(rows, title, infos, str(against) if against is not None else None))
     with atomic_path(out / "results.csv") as tmp:
         tmp.write_text(csv_text(rows))
     write_json(out / "results.json", finite_or_null({"benchmark": manifest.benchmark, "lengths": lengths,
@@ -167,4 +167,4 @@ def score(manifest: Manifest, generated, out, metrics, lengths, root=None, progr
     records = [score_clip(manifest, entry, generated, out, metrics, lengths, root, against=against)
                for entry in tqdm(manifest.clips, desc="score", unit="clip", disable=None if progress else True)]
     return write_results(out, manifest, records, metrics, lengths,
-                         title or f"{manifest.benchmark}: {generated.name}")
+                         title or f"{manifest.benchmark}: {generated.name}", against)

@@ -63,9 +63,12 @@ def _cell(value, scale: float, decimals: int) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value * scale:.{decimals}f}"
 
 
-def markdown(rows: list[dict], title: str, infos: dict | None = None) -> str:
+def markdown(rows: list[dict], title: str, infos: dict | None = None, against: str | None = None) -> str:
+    """`against`: the clips the reference metrics compared with instead of the true targets (its heading says so)."""
     out = [f"# {title}", ""]
     for heading, columns in TABLES:
+        if columns is REFERENCE and against is not None:
+            heading = f"Against the clips of {against} (not the true target video)"
         columns = [c for c in columns if any(c[0] in r for r in rows)]
         if not columns:
             continue
