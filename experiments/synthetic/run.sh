@@ -204,7 +204,7 @@ stage_score() {  # CPU is fine; the manifest is written again, rooted where the 
   [ -f "$vae/config.json" ] || vae=$OUT/shipped/wan/vae  # unpacked here: the shipped float16 copy of the same weights
   write_manifest
   python "$HERE/summarize.py" baselines --manifest "$OUT/eval/manifest.json" --vae "$vae" --out "$OUT/eval/generated"
-  for row in $(generated_rows) source_copy autoencoder; do
+  for row in $(generated_rows) source_copy autoencoder target_copy; do  # summarize.py's BASELINES too
     score_job "$row" scores --metrics reference,camera_accuracy,matched_pixels --matcher sift --pose-threads 1
   done
   for row in $(generated_rows | grep +); do  # a step cache's re-render against the exact one

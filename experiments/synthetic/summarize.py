@@ -3,9 +3,10 @@ r"""The experiment's reference rows, results table and contact sheet.
     python experiments/synthetic/summarize.py baselines --manifest M.json --vae RUN/vae --out RUN/eval/generated
     python experiments/synthetic/summarize.py table --out-dir RUN --arms "tracks camera none ..." [--sheet PNG]
 
-`baselines` writes two reference "methods" in the generated-clips layout, scored like the arms:
+`baselines` writes three reference "methods" in the generated-clips layout (BASELINES), scored like the arms:
 * source_copy: the source video itself as the re-render (what a model that ignores the camera gets);
-* autoencoder: the true target video through the autoencoder (the ceiling any arm can reach in pixels).
+* autoencoder: the true target video through the autoencoder (the ceiling any arm can reach in pixels);
+* target_copy: the true target video itself, re-encoded (the camera metrics' floor: pycolmap on a perfect video).
 `table` reads every `evaluate.py score` result (RUN/eval/scores/<arm>/results.json, all clips) and prints one
 Markdown table (also written to RUN/eval/results.md) with a view-specificity column (`view_specificity`), then, for rows scored against their exact re-render
 (RUN/eval/scores_vs_exact/<row>: the step caches), a second one (clips equal to the exact re-render counted apart:
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+BASELINES = ("source_copy", "autoencoder", "target_copy")
 COLUMNS = (("psnr", "PSNR (dB) ↑", 2), ("ssim", "SSIM ↑", 3), ("rot_err_deg", "RotErr (deg) ↓", 2),
            ("trans_err", "TransErr ↓", 3), ("mat_pix_k", "Mat.Pix.(K) ↑", 3))
 
@@ -38,10 +40,10 @@ def write_baselines(manifest_path: str, vae_dir: str, out: str) -> None:
     manifest = read_manifest(manifest_path)
     vae = AutoencoderKLWan.from_pretrained(vae_dir).eval()
     mean, std = latent_stats(vae)
-    for name in ("source_copy", "autoencoder"):
+    for name in BASELINES:
         (Path(out) / name).mkdir(parents=True, exist_ok=True)
     for entry in manifest.clips:
-        for name in ("source_copy", "autoencoder"):
+        for name in BASELINES:
             folder = Path(out) / name / entry.key
             if (folder / clip_files.VIDEO).is_file():
                 continue
@@ -114,7 +116,7 @@ def table(out_dir: Path, arms: list[str]) -> str:
     head = ("| arm | clips | " + " | ".join(h for _, h, _ in COLUMNS)
             + " | pose failed | own - other views (dB) ↑, ± SE (clips > 0) |")
     lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
-    for arm in arms + ["source_copy", "autoencoder"]:
+    for arm in arms + list(BASELINES):
         row = read_scores(out_dir, arm)
         cells = [f"{row[k]:.{d}f}" if row.get(k) is not None and np.isfinite(row[k]) else "n/a" for k, _, d in COLUMNS]
         lines.append(f"| {arm} | {row['clips']} | " + " | ".join(cells) + f" | {row.get('pose_failed', 0)} | "
