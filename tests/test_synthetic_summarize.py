@@ -40,9 +40,10 @@ def run_dir(tmp_path_factory):
 
 
 def test_own_view_scores_above_the_other_views_and_one_video_for_all_averages_zero(summarize, run_dir):
-    truth = summarize.view_specificity(run_dir, "truth")
+    targets = summarize.true_targets(run_dir)
+    truth = summarize.view_specificity(run_dir, "truth", targets)
     assert len(truth) == 3 and (truth > 10).all()  # the own target exactly (PSNR capped at 120 dB), others not
-    one_video = summarize.view_specificity(run_dir, "one_video")
+    one_video = summarize.view_specificity(run_dir, "one_video", targets)
     assert len(one_video) == 3 and abs(one_video.mean()) < 1e-9 and np.abs(one_video).max() > 0
     assert summarize.mean_and_error(one_video).startswith(("+0.00 ±", "-0.00 ±"))
 

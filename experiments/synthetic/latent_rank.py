@@ -25,6 +25,8 @@ PATCH = "b c f (h p) (w q) -> (b f h w) (c p q)"
 def main(argv=None) -> int:
     from diffusers import AutoencoderKLWan
 
+    from summarize import frame_psnr  # this folder's (the script's own directory is on sys.path)
+
     from track2view.data.latents import encode_video, latent_stats
     from track2view.io import read_video
 
@@ -52,16 +54,12 @@ def main(argv=None) -> int:
         video = vae.decode(z * std + mean).sample[0].clamp(-1, 1)
         return ((video.permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
 
-    def psnr(x, y):
-        mse = (((x.astype(np.float64) - y.astype(np.float64)) / 255.0) ** 2).mean(axis=(1, 2, 3))
-        return float(np.mean(-10.0 * np.log10(np.maximum(mse, 1e-12))))
-
     patches = torch.cat([rearrange(encode(f)[0], PATCH, p=a.patch, q=a.patch) for f in fit])  # [N, C * p * p]
     centre = patches.mean(0)
     _, s, basis = torch.linalg.svd(patches - centre, full_matrices=False)
     share = (s ** 2).cumsum(0) / (s ** 2).sum()
     tests = [encode(f) for f in test]
-    full = np.mean([psnr(decode(z), frames) for z, frames in tests])
+    full = np.mean([frame_psnr(decode(z), frames) for z, frames in tests])
     print(f"{len(fit)} fit / {len(test)} test videos, patches of {patches.shape[1]} values; autoencoder {full:.2f} dB")
     for rank in (int(r) for r in a.ranks.split(",")):
         b = basis[:rank]
@@ -71,7 +69,7 @@ def main(argv=None) -> int:
             zp = (zp - centre) @ b.T @ b + centre
             _, c, f, h, w = z.shape
             zp = rearrange(zp, "(f h w) (c p q) -> 1 c f (h p) (w q)", f=f, h=h // a.patch, p=a.patch, q=a.patch, c=c)
-            projected.append(psnr(decode(zp), frames))
+            projected.append(frame_psnr(decode(zp), frames))
         print(f"rank {rank}: {share[rank - 1]:.5f} of the patch variance, decoded {np.mean(projected):.2f} dB")
     return 0
 

@@ -8,10 +8,10 @@ r"""The experiment's reference rows, results table and contact sheet.
 * autoencoder: the true target video through the autoencoder (the ceiling any arm can reach in pixels);
 * target_copy: the true target video itself, re-encoded (the camera metrics' floor: pycolmap on a perfect video).
 `table` reads every `evaluate.py score` result (RUN/eval/scores/<arm>/results.json, all clips) and prints one
-Markdown table (also written to RUN/eval/results.md) with a view-specificity column (`view_specificity`), then, for rows scored against their exact re-render
-(RUN/eval/scores_vs_exact/<row>: the step caches), a second one (clips equal to the exact re-render counted apart:
-their PSNR is infinite); `--sheet` writes a contact sheet: per clip,
-source | true target | each arm, at a few evenly spaced frames.
+Markdown table (also written to RUN/eval/results.md) with a view-specificity column (`view_specificity`), then,
+for rows scored against their exact re-render (RUN/eval/scores_vs_exact/<row>: the step caches), a second one
+(clips equal to the exact re-render counted apart: their PSNR is infinite); `--sheet` writes a contact sheet: per
+clip, source | true target | each arm, at a few evenly spaced frames.
 """
 
 from __future__ import annotations
@@ -78,23 +78,35 @@ def against_exact(out_dir: Path, row: str) -> str:
 
 
 def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over frames of the PSNR (dB, data range 1) of uint8 videos [T, H, W, 3], as reference_pixels."""
+    """Mean over frames of the PSNR (dB, data range 1, torchmetrics as reference_pixels; an identical frame counts
+    120 dB, not infinity) of uint8 videos [T, H, W, 3]."""
+    import torch
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     t = min(len(a), len(b))
-    mse = ((a[:t].astype(np.float64) - b[:t].astype(np.float64)) / 255.0) ** 2
-    return float(np.mean(-10.0 * np.log10(np.maximum(mse.mean(axis=(1, 2, 3)), 1e-12))))
+    x, y = (torch.from_numpy(v[:t]).double() / 255.0 for v in (a, b))
+    per_frame = peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return float(per_frame.clamp(max=120.0).mean())
 
 
-def view_specificity(out_dir: Path, arm: str) -> np.ndarray:
-    """Per clip [N] (dB): its PSNR against its own true target minus the mean against the other true targets of
-    the same source video (the scene's other cameras). A re-render that follows its target camera is closer to
-    its own view than to the others; one that ignores the camera (`none`: one video for every target) scores 0
-    on average.
-    No pose estimation: it still reads where pycolmap cannot (blurred videos, docs/results.md)."""
+def true_targets(out_dir: Path) -> tuple:
+    """(the run's manifest, {clip key: its true target video [T, H, W, 3] uint8}), read once for every row."""
     from track2view.eval.manifest import read_manifest
     from track2view.io import read_video
 
     manifest = read_manifest(out_dir / "eval" / "manifest.json")
-    targets = {c.key: read_video(manifest.video_path(c.target_video))[0] for c in manifest.clips}
+    return manifest, {c.key: read_video(manifest.video_path(c.target_video))[0] for c in manifest.clips}
+
+
+def view_specificity(out_dir: Path, arm: str, truth: tuple) -> np.ndarray:
+    """Per clip [N] (dB): its PSNR against its own true target minus the mean against the other true targets of
+    the same source video (the scene's other cameras); `truth` = `true_targets(out_dir)`. A re-render that
+    follows its target camera is closer to its own view than to the others; one that ignores the camera (`none`:
+    one video for every target) scores 0 on average.
+    No pose estimation: it still reads where pycolmap cannot (blurred videos, docs/results.md)."""
+    from track2view.io import read_video
+
+    manifest, targets = truth
     out = []
     for entry in manifest.clips:
         others = [c.key for c in manifest.clips if c.source_video == entry.source_video and c.key != entry.key]
@@ -107,20 +119,23 @@ def view_specificity(out_dir: Path, arm: str) -> np.ndarray:
 
 
 def mean_and_error(values: np.ndarray) -> str:
+    """'mean ± standard error (clips above 0/clips)' of per-clip values [N]."""
     if len(values) < 2:
         return "n/a"
-    return f"{values.mean():+.2f} ± {values.std(ddof=1) / np.sqrt(len(values)):.2f} ({(values > 0).sum()}/{len(values)})"
+    error = values.std(ddof=1) / np.sqrt(len(values))
+    return f"{values.mean():+.2f} ± {error:.2f} ({(values > 0).sum()}/{len(values)})"
 
 
 def table(out_dir: Path, arms: list[str]) -> str:
     head = ("| arm | clips | " + " | ".join(h for _, h, _ in COLUMNS)
             + " | pose failed | own - other views (dB) ↑, ± SE (clips > 0) |")
     lines = [head, "|" + "---|" * (len(COLUMNS) + 4)]
+    truth = true_targets(out_dir)
     for arm in arms + list(BASELINES):
         row = read_scores(out_dir, arm)
         cells = [f"{row[k]:.{d}f}" if row.get(k) is not None and np.isfinite(row[k]) else "n/a" for k, _, d in COLUMNS]
         lines.append(f"| {arm} | {row['clips']} | " + " | ".join(cells) + f" | {row.get('pose_failed', 0)} | "
-                     f"{mean_and_error(view_specificity(out_dir, arm))} |")
+                     f"{mean_and_error(view_specificity(out_dir, arm, truth))} |")
     approximate = [arm for arm in arms if (out_dir / "eval" / "scores_vs_exact" / arm).is_dir()]
     if approximate:
         lines += ["", "| re-render | clips | equal to exact | PSNR vs exact, the others (dB) ↑ | SSIM vs exact ↑ |",
