@@ -53,3 +53,30 @@ def test_frame_psnr_is_the_mean_of_per_frame_psnrs(summarize):
     b = a.copy()
     b[0] += 255  # frame 0: MSE 1 -> 0 dB; frame 1: identical -> capped at 120 dB
     assert summarize.frame_psnr(a, b) == pytest.approx(60.0)
+
+
+def test_compare_prints_paired_differences_over_the_clips_both_scored(run_dir, capsys, monkeypatch):
+    """compare.py: `--arm` minus each row clip by clip (a pose failure, None, leaves its clip out of that score),
+    the medians and the PSNR by frame of each row, and the static-camera RotErr baseline."""
+    import json
+
+    from track2view.eval.manifest import read_manifest
+
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "synthetic"))  # compare.py imports its folder's summarize
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "experiments" / "synthetic" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    keys = [c.key for c in read_manifest(run_dir / "eval" / "manifest.json").clips]
+    rows = {"truth": ([30.0, 31.0, 32.0], [1.0, None, 3.0]), "one_video": ([20.0, 21.0, 25.0], [2.0, 2.0, 2.0])}
+    for row, (psnr, rot) in rows.items():
+        (run_dir / "eval" / "scores" / row / "clips").mkdir(parents=True, exist_ok=True)
+        for key, p, r in zip(keys, psnr, rot):
+            record = {"key": key, "scores": {"5": {"psnr": p, "ssim": 0.5, "rot_err_deg": r, "trans_err": 1.0}}}
+            (run_dir / "eval" / "scores" / row / "clips" / f"{key}.json").write_text(json.dumps(record))
+    assert compare.main(["--out-dir", str(run_dir), "--arm", "truth", "--against", "one_video", "--rows",
+                         "truth one_video", "--frames", "0,4"]) == 0
+    out = capsys.readouterr().out
+    assert "truth - one_video, PSNR (dB): +9.000 (SE 1.000, 3 clips, truth better in 3)" in out
+    assert "truth - one_video, RotErr (deg): +0.000 (SE 1.000, 2 clips, truth better in 1)" in out
+    assert "truth: median RotErr 2.00 deg" in out and "PSNR at frames 0,4: 120.0 / 120.0" in out
+    assert out.startswith("static camera: RotErr mean ")

@@ -77,16 +77,20 @@ def against_exact(out_dir: Path, row: str) -> str:
             f"{np.mean([s['ssim'] for s in scores]):.3f} |")
 
 
-def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over frames of the PSNR (dB, data range 1, torchmetrics as reference_pixels; an identical frame counts
-    120 dB, not infinity) of uint8 videos [T, H, W, 3]."""
+def frame_psnrs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-frame PSNR [T] (dB, data range 1, torchmetrics as reference_pixels; an identical frame counts 120 dB,
+    not infinity) of uint8 videos [T, H, W, 3] (the shorter one's frames)."""
     import torch
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     t = min(len(a), len(b))
     x, y = (torch.from_numpy(v[:t]).double() / 255.0 for v in (a, b))
-    per_frame = peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    return float(per_frame.clamp(max=120.0).mean())
+    return peak_signal_noise_ratio(x, y, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=120.0).numpy()
+
+
+def frame_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """The mean over frames of `frame_psnrs`."""
+    return float(frame_psnrs(a, b).mean())
 
 
 def true_targets(out_dir: Path) -> tuple:
