@@ -56,7 +56,13 @@ def main(argv=None) -> int:
     p.add_argument("--frames", default="0,12,24", help="frame indices of the PSNR-by-frame columns")
     a = p.parse_args(argv)
     out_dir, frames = Path(a.out_dir), [int(f) for f in a.frames.split(",")]
+    for row in {a.arm, *a.against.split(), *a.rows.split()}:
+        if not any((out_dir / "eval" / "scores" / row / "clips").glob("*.json")):
+            p.error(f"no per-clip scores in {out_dir / 'eval' / 'scores' / row / 'clips'}; score row {row} first "
+                    f"(run.sh score)")
     manifest, targets = true_targets(out_dir)
+    if not all(0 <= f < manifest.num_frames for f in frames):
+        p.error(f"--frames {a.frames}: the clips have frames 0-{manifest.num_frames - 1}")
     static = static_camera_rot_err(manifest)
     print(f"static camera: RotErr mean {static.mean():.2f} deg, median {np.median(static):.2f}")
     for row in a.rows.split():
