@@ -261,6 +261,7 @@ def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, sou
     from diffusers import WanTransformer3DModel
 
     from track2view.inference.pipeline import Track2ViewPipeline
+    from track2view.inference.speed import compile_blocks
     from track2view.model.transformer import Track2ViewTransformer
 
     kind, step_cache, interval, backend = parse_variant(variant)  # e.g. ours_fused+first_block@_native_cudnn
@@ -299,8 +300,8 @@ def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, sou
         if step_cache == "mag" and not args.mag_ratios:
             raise ValueError("+mag would calibrate on each process's share of the tokens: give --mag-ratios FILE")
         enable_context_parallel(base, split)
-    if compiled:
-        base.compile_repeated_blocks(fullgraph=True)
+    if compiled:  # step caches enabled later (time_whole_loop) wrap the compiled blocks
+        compile_blocks(base)
     if step_cache != "none" or interval != FULL_INTERVAL:
         return time_whole_loop(variant, args, device, base, fn, timer, step_cache, interval)
     calls = ConditionerTimer(base, device) if one_way else None  # each Wan call; the first one also primes
@@ -359,19 +360,24 @@ def time_whole_loop(variant, args, device, base, fn, timer, step_cache, interval
     --warmup untimed steps; full_block_passes counts the transformer calls that ran every block."""
     from track2view.inference.step_cache import StepCache, enable_step_cache
 
-    passes = []
-    handle = base.blocks[-1].ffn.register_forward_hook(lambda *_: passes.append(1))
+    passes, last = [], base.blocks[-1]
+    block_forward = last.forward  # wrapped before the cache's hooks, so it runs only when the block computes
+
+    def computed(*args, **kwargs):  # outside a compiled block's graph: a hook inside it would be traced once
+        passes.append(1)
+        return block_forward(*args, **kwargs)
 
     def counted(n):
         passes.clear()
         return fn(n)
 
+    last.forward = computed
     try:
         with torch.no_grad():
             enable_step_cache(base, bench_step_cache(step_cache, args, base, fn), VIDEO_STEPS)
             seconds, cond_s, peak = timed(counted, device, args.warmup, VIDEO_STEPS, timer)
     finally:
-        handle.remove()
+        last.forward = block_forward
         timer.remove()
         enable_step_cache(base, StepCache(), VIDEO_STEPS)
     return {"variant": variant, "video_50steps_cfg_s": round(seconds, 2), "extrapolated": False,

@@ -47,6 +47,7 @@ def denoised(attention: str, split=None, compile_backend: str | None = None, see
     (parallel.ContextSplit) across the process group. `seen`: the token counts blocks.1 receives."""
     from track2view.inference.parallel import enable_context_parallel
     from track2view.inference.pipeline import Track2ViewPipeline, default_scheduler
+    from track2view.inference.speed import compile_blocks
     from track2view.tracks import PairedTracks
 
     m = tiny_model(attention)
@@ -56,7 +57,7 @@ def denoised(attention: str, split=None, compile_backend: str | None = None, see
     if split is not None:
         enable_context_parallel(m.transformer, split)
     if compile_backend:
-        m.transformer.compile_repeated_blocks(fullgraph=True, backend=compile_backend)
+        compile_blocks(m.transformer, backend=compile_backend)  # as infer.py --compile
     if seen is not None:
         m.transformer.blocks[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
     g = torch.Generator().manual_seed(3)

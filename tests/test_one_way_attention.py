@@ -205,8 +205,10 @@ def test_each_cache_context_primes_its_own_cache():
                 m(x[:batch], t[:batch], text[:batch], tracks=tracks)
 
 
-def test_the_cache_composes_with_first_block_cache_fused_lora_and_compiled_blocks():
-    from diffusers import FirstBlockCacheConfig
+def test_the_cache_composes_with_step_caches_fused_lora_and_compiled_blocks():
+    from diffusers import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    from track2view.inference.speed import compile_blocks
 
     m = model()
     pipe = pipeline(m)
@@ -222,10 +224,24 @@ def test_the_cache_composes_with_first_block_cache_fused_lora_and_compiled_block
         base.disable_cache()
     pipe.fuse_lora()
     torch.testing.assert_close(denoise(pipe), expected, rtol=0, atol=1e-5)
+    taylorseer = TaylorSeerCacheConfig(use_lite_mode=True, cache_interval=2, disable_cache_before_step=1)
+    base.enable_cache(taylorseer)  # extrapolates on some steps: its own result, which compiling must not change
+    try:
+        eager_taylorseer = denoise(pipe, steps=5)
+    finally:
+        base.disable_cache()
     torch._dynamo.reset()
-    base.compile_repeated_blocks(fullgraph=True, backend="eager")  # dynamo's trace: no graph break in the blocks
+    compile_blocks(base, backend="eager")  # dynamo's trace: no graph break in the blocks
     try:
         torch.testing.assert_close(denoise(pipe), expected, rtol=0, atol=1e-5)
+        for config, steps, want in ((FirstBlockCacheConfig(threshold=0.0), 3, expected),
+                                    (taylorseer, 5, eager_taylorseer)):
+            base.enable_cache(config)  # a step cache's hooks around the compiled blocks (infer.py --compile --cache)
+            try:
+                got = denoise(pipe, steps=steps)
+            finally:
+                base.disable_cache()
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     finally:
         torch._dynamo.reset()
 

@@ -7,7 +7,8 @@
 #   EXP_SCALE=smoke bash experiments/synthetic/run.sh all # the same path at toy sizes on CPU (minutes)
 #
 # Arms (ARMS): tracks camera none (the comparison) and the ablations tracks_layers2 tracks_layers4 (temporal layers;
-# tracks has 8) and tracks_first tracks_random (query frames; tracks queries first + last). Each arm trains from the
+# tracks has 8), tracks_first tracks_random (query frames; tracks queries first + last) and tracks_oneway (issue 11:
+# one-way attention, `model.attention: one_way`, against tracks' full attention). Each arm trains from the
 # same random init with the same steps, batch, data order and seed; arms train side by side on one GPU.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,6 +36,9 @@ export HF_HUB_OFFLINE=1 WANDB_MODE=offline PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}  # many processes share the cores
 
 arm_kind() { case $1 in tracks*) echo tracks ;; *) echo "$1" ;; esac; }
+arm_args() {  # tracks_oneway: issue 11's one-way attention (source tokens attend to the source only; t = 0 there)
+  case $1 in tracks_oneway) echo --model.attention one_way --model.flow_matching.timestep_mode per_token ;; esac
+}
 arm_queries() { case $1 in tracks_first) echo first ;; tracks_random) echo random ;; *) echo first_last ;; esac; }
 arm_config() {
   case $1 in
@@ -119,7 +123,7 @@ stage_train() {
       --data.train_shards "$OUT/latents/$(arm_queries "$arm")/train" \
       --data.val_shards "$OUT/latents/$(arm_queries "$arm")/val" --data.num_tracks "$TRACKS" \
       --data.batch_size "$BATCH" --data.val_batch_size "$BATCH" --trainer.max_steps "$STEPS" \
-      --trainer.default_root_dir "$OUT/runs/$arm" --ckpt_path last_or_new $TRAIN_ARGS \
+      --trainer.default_root_dir "$OUT/runs/$arm" --ckpt_path last_or_new $(arm_args "$arm") $TRAIN_ARGS \
       > "$OUT/logs/train-$arm.log" 2>&1 &
   done
   wait_all train
@@ -164,7 +168,8 @@ stage_pack() {  # what leaves the GPU machine: one tar in 15 MiB parts (it retur
     echo "error: PACK=$PACK is not empty; give a new or empty folder" >&2; exit 2
   fi
   mkdir -p "$PACK"
-  local arm members=(shipped eval/manifest.json logs vae/autoencoder.json)
+  local arm members=(eval/manifest.json logs vae/autoencoder.json)
+  [ -d "$OUT/shipped" ] && members+=(shipped)  # `ship` ran
   for arm in $ARMS; do members+=("runs/$arm/logs"); done
   for arm in $(generated_rows); do members+=("eval/generated/$arm"); done
   # the test split stays behind (`SPLITS=test run.sh data` renders it again where it is scored); its checksums travel
@@ -202,6 +207,10 @@ stage_generate() {
 stage_score() {  # CPU is fine; the manifest is written again, rooted where the test videos are now; rows side by side
   local row vae=$OUT/vae
   [ -f "$vae/config.json" ] || vae=$OUT/shipped/wan/vae  # unpacked here: the shipped float16 copy of the same weights
+  # no ship in the pack: with AE_SECONDS=0 the run's autoencoder is AE_INIT as it is
+  [ -f "$vae/config.json" ] || { [ "$AE_SECONDS" = 0 ] && [ -n "$AE_INIT" ] && vae=$AE_INIT; }
+  [ -f "$vae/config.json" ] || { echo "error: no autoencoder for the baselines in $OUT/vae or $OUT/shipped/wan/vae;" \
+    "unpack a pack with them, or run the prepare stage" >&2; exit 2; }
   write_manifest
   python "$HERE/summarize.py" baselines --manifest "$OUT/eval/manifest.json" --vae "$vae" --out "$OUT/eval/generated"
   for row in $(generated_rows) source_copy autoencoder target_copy; do  # summarize.py's BASELINES too

@@ -25,7 +25,7 @@ import numpy as np
 from track2view.inference.guidance import BOTH_BRANCHES, FULL_INTERVAL, POSITIVE_BRANCH, check_interval, guided_steps
 from track2view.inference.outputs import extra_path, output_paths, write_outputs
 from track2view.inference.parallel import ContextDegrees, enable_context_parallel, from_rank0, is_rank0, launch_context
-from track2view.inference.speed import SpeedOptions, apply_speed_options
+from track2view.inference.speed import SpeedOptions, apply_speed_options, compile_blocks
 from track2view.inference.step_cache import enable_step_cache, recorded_mag_ratios, write_mag_ratios
 from track2view.inference.trajectories import Trajectory, load_poses, make_trajectory, resolve_name, scene_scale
 from track2view.model.export import ExportInfo
@@ -156,8 +156,8 @@ class Rerenderer:
             if self.context is not None:
                 enable_context_parallel(pipe.transformer.transformer, self.context.split)
                 pipe.set_progress_bar_config(disable=not self.writes_files)  # one progress bar, rank 0's
-            if self.compile:
-                pipe.transformer.transformer.compile_repeated_blocks(fullgraph=True)
+            if self.compile:  # before render() enables a step cache: its hooks stay outside the graph
+                compile_blocks(pipe.transformer.transformer)
             self._pipe = pipe
         return self._pipe
 

@@ -80,3 +80,20 @@ def apply_speed_options(pipe, device: str, options: SpeedOptions) -> None:
         enable_vae_tiling(pipe.vae)
     if options.offload != "none":
         enable_offload(pipe, device, options.offload)
+
+
+def compile_blocks(transformer, **compile_kwargs) -> None:
+    """torch.compile (fullgraph) the `forward` of every block of `transformer` (a WanTransformer3DModel; infer.py
+    --compile); `compile_kwargs` go to torch.compile (e.g. backend).
+
+    Not `compile_repeated_blocks`: it compiles each block's whole call (`nn.Module.compile`), so the hooks a step
+    cache registers on the blocks later run inside the trace, and their Python skip decisions and
+    `torch.compiler.disable`d helpers fail a fullgraph trace. A compiled `forward` holds the block's computation
+    only (one graph for all blocks: dynamo keys it by the forward's code, the weights are inputs); diffusers'
+    HookRegistry wraps the `forward` it finds when a hook is registered, so the step cache's hooks run eagerly
+    around the graph. Hooks registered before (context-parallel splits) are traced with the block, as before.
+    """
+    import torch
+
+    for block in transformer.blocks:
+        block.forward = torch.compile(block.forward, fullgraph=True, **compile_kwargs)
