@@ -53,3 +53,26 @@ def test_shipped_model_re_renders_a_held_out_scene_better_with_its_tracks(held_o
         psnr[name] = psnr_against_target(folder, manifest, entry)
     assert psnr["tracks"] > psnr["dropped"] + MARGIN_DB, psnr
     assert psnr["tracks"] > FLOOR_DB, psnr
+
+
+def test_cache_quality_measures_each_step_cache_on_the_shipped_model(held_out_clip, tmp_path, capsys):
+    """experiments/synthetic/cache_quality.py (docs/benchmarks.md): one line per preset; the exact run computes
+    every transformer call, each cache skips some and stays close to the exact re-render; an existing --out is
+    refused."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("cache_quality", SHIPPED.parent / "cache_quality.py")
+    cache_quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cache_quality)
+    manifest, _ = held_out_clip
+    argv = ["--test", manifest.root, "--clips", "1", "--targets-per-scene", "1",
+            "--out", str(tmp_path / "quality")]
+    assert cache_quality.main(argv) == 0
+    rows = {r["preset"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert list(rows) == ["none", "first_block", "taylorseer", "mag"]
+    assert rows["none"]["full_share"] == 1.0 and rows["none"]["transformer_calls"] == 30
+    for preset in ("first_block", "taylorseer", "mag"):
+        assert 0 < rows[preset]["full_share"] < 1, rows[preset]
+        assert rows[preset]["psnr_vs_exact_db"] > 30, rows[preset]
+    assert cache_quality.main(argv) == 2
