@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     from track2view.eval.generation import render_clip
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--test", required=True, help="the experiment's test split (run.sh data: outputs/synthetic/data/test)")
+    p.add_argument("--test", required=True,
+                   help="the experiment's test split (run.sh data: outputs/synthetic/data/test)")
     p.add_argument("--clips", type=int, default=16)
     p.add_argument("--targets-per-scene", type=int, default=3)
     p.add_argument("--size", type=int, default=128, help="the re-renders' height and width (run.sh SIZE)")
