@@ -358,32 +358,25 @@ def plain_counterpart(variant: str) -> str:
 def time_whole_loop(variant, args, device, base, fn, timer, step_cache, interval):
     """A 50-step video timed whole (its steps differ in cost), with the step cache as infer.py enables it, after
     --warmup untimed steps; full_block_passes counts the transformer calls that ran every block."""
-    from track2view.inference.step_cache import StepCache, enable_step_cache
+    from track2view.inference.step_cache import FullPassCounter, StepCache, enable_step_cache
 
-    passes, last = [], base.blocks[-1]
-    block_forward = last.forward  # wrapped before the cache's hooks, so it runs only when the block computes
-
-    def computed(*args, **kwargs):  # outside a compiled block's graph: a hook inside it would be traced once
-        passes.append(1)
-        return block_forward(*args, **kwargs)
+    passes = FullPassCounter(base)  # before the cache's hooks, which wrap it
 
     def counted(n):
-        passes.clear()
+        passes.reset()
         return fn(n)
 
-    last.forward = computed
     try:
         with torch.no_grad():
             enable_step_cache(base, bench_step_cache(step_cache, args, base, fn), VIDEO_STEPS)
             seconds, cond_s, peak = timed(counted, device, args.warmup, VIDEO_STEPS, timer)
     finally:
-        last.forward = block_forward
         timer.remove()
         enable_step_cache(base, StepCache(), VIDEO_STEPS)
     return {"variant": variant, "video_50steps_cfg_s": round(seconds, 2), "extrapolated": False,
             "timed_steps": VIDEO_STEPS, "step_cache": step_cache, "guidance_interval": list(interval),
-            "transformer_calls": VIDEO_STEPS, "full_block_passes": len(passes),
-            "s_per_full_pass": round((seconds - cond_s) / max(len(passes), 1), 4),
+            "transformer_calls": VIDEO_STEPS, "full_block_passes": passes.full,
+            "s_per_full_pass": round((seconds - cond_s) / max(passes.full, 1), 4),
             "conditioner_s_per_video": round(cond_s, 3), "peak_GiB": round(peak, 2) if peak is not None else None}
 
 

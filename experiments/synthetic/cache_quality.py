@@ -26,45 +26,30 @@ PRESETS = ("none", "first_block", "taylorseer", "mag")
 OPTIONS = dict(tracker="oracle", query_frames="first_last", num_queries=128, guidance=1.0, seed=0)  # run.sh generate
 
 
-class PassCounter:
-    """Counts a re-render's transformer calls and the calls that ran its last block. The block's `forward` is
-    wrapped before the step cache registers its hooks (at render time), so the wrapper runs only when the block
-    computes."""
-
-    def __init__(self, transformer):
-        self.calls = self.full = 0
-        block, inner = transformer.blocks[-1], transformer.blocks[-1].forward
-        transformer.register_forward_pre_hook(lambda *_: self._count("calls"))
-        block.forward = lambda *a, **k: self._count("full") or inner(*a, **k)
-
-    def _count(self, name: str) -> None:
-        setattr(self, name, getattr(self, name) + 1)
-
-
 def rerenderer(preset: str, options: list[str] = (), calibrate_to: Path | None = None):
     from track2view.inference.rerender import Rerenderer
     from track2view.inference.speed import SpeedOptions
-    from track2view.inference.step_cache import parse_step_cache
+    from track2view.inference.step_cache import FullPassCounter, parse_step_cache
 
     cache = parse_step_cache(preset, list(options), str(calibrate_to) if calibrate_to else None)
     shipped = HERE / "shipped"
     r = Rerenderer(str(shipped / "wan"), str(shipped / "tracks"), device="cpu", dtype="float32",
                    speed=SpeedOptions(cache=cache))
-    return r, PassCounter(r.pipeline().transformer.transformer)
+    return r, FullPassCounter(r.pipeline().transformer.transformer)
 
 
-def psnr(a_path: Path, b_path: Path) -> float:
+def psnr(generated: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR (dB) of a video [T, H, W, 3] uint8 against another."""
     from track2view.eval.metric import Clip
     from track2view.eval.metrics.reference_pixels import ReferencePixels
-    from track2view.io import read_video
 
-    a, b = read_video(a_path)[0], read_video(b_path)[0]
-    return float(ReferencePixels()(Clip(key="clip", generated=a, target=b))["psnr"])
+    return float(ReferencePixels()(Clip(key="clip", generated=generated, target=reference))["psnr"])
 
 
 def main(argv=None) -> int:
     from track2view.eval.benchmarks.synthetic import synthetic_manifest
     from track2view.eval.generation import render_clip
+    from track2view.io import read_video
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--test", required=True,
@@ -87,14 +72,18 @@ def main(argv=None) -> int:
     ratios = out / "mag_ratios.json"
     calibration, _ = rerenderer("mag", calibrate_to=ratios)
     render_clip(calibration, options, manifest, clips[0], out / "calibration")
+    targets = {e.key: read_video(manifest.video_path(e.target_video))[0] for e in clips}  # read once
+    exact = {}
     for preset in PRESETS:
         r, counter = rerenderer(preset, [f"mag_ratios_file={ratios}"] if preset == "mag" else [])
         vs_exact, vs_target = [], []
         for entry in clips:
-            video = render_clip(r, options, manifest, entry, out / preset) / "video.mp4"
-            if preset != "none":
-                vs_exact.append(psnr(video, out / "none" / entry.key / "video.mp4"))
-            vs_target.append(psnr(video, manifest.video_path(entry.target_video)))
+            video = read_video(render_clip(r, options, manifest, entry, out / preset) / "video.mp4")[0]
+            if preset == "none":
+                exact[entry.key] = video
+            else:
+                vs_exact.append(psnr(video, exact[entry.key]))
+            vs_target.append(psnr(video, targets[entry.key]))
         print(json.dumps({"preset": preset, "clips": len(clips), "transformer_calls": counter.calls,
                           "full_passes": counter.full, "full_share": round(counter.full / counter.calls, 3),
                           "psnr_vs_exact_db": round(float(np.mean(vs_exact)), 2) if vs_exact else None,

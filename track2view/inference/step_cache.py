@@ -178,6 +178,31 @@ def enable_step_cache(transformer, cache: StepCache, num_inference_steps: int) -
         _attach_recorder(transformer)
 
 
+class FullPassCounter:
+    """Counts the calls of a WanTransformer3DModel (`calls`) and those that ran its last block (`full`: a step
+    cache skipped the others), for benchmarks. Create it before the cache is enabled: it wraps the last block's
+    `forward`, which the cache's hooks then wrap in turn, so it counts only when the block computes, and outside a
+    compiled block's graph (where a hook would run once, at tracing). It stays for the model's lifetime."""
+
+    def __init__(self, transformer):
+        self.calls = self.full = 0
+        block = transformer.blocks[-1]
+        inner = block.forward
+
+        def computed(*args, **kwargs):
+            self.full += 1
+            return inner(*args, **kwargs)
+
+        transformer.register_forward_pre_hook(self._called)
+        block.forward = computed
+
+    def _called(self, *_) -> None:
+        self.calls += 1
+
+    def reset(self) -> None:
+        self.calls = self.full = 0
+
+
 # ---- MagCache calibration ----------------------------------------------------------------------------------
 RECORDER_HOOK = "track2view_mag_ratios"
 
