@@ -53,3 +53,18 @@ def test_video_bytes_decode_like_the_file(tmp_path):
     from_file, fps = read_video(path)
     from_bytes, fps_bytes = read_video(path.read_bytes())
     assert (from_file == from_bytes).all() and fps == fps_bytes == 10
+
+
+def test_video_decodes_to_the_rgb_of_pyavs_own_per_frame_conversion(tmp_path):
+    """read_video converts every frame with one shared converter; the pixels must be PyAV's per-frame ones."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    for height, width in [(16, 16), (18, 30)]:
+        frames = rng.integers(0, 256, (4, height, width, 3), dtype=np.uint8)
+        path = write_video(tmp_path / f"v{height}x{width}.mp4", frames, fps=10)
+        with av.open(str(path)) as container:
+            expected = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        decoded, _ = read_video(path)
+        assert decoded.shape == expected.shape and (decoded == expected).all()

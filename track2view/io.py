@@ -159,6 +159,7 @@ def read_video(path: str | os.PathLike | bytes, max_frames: int | None = None) -
     cannot decode, or a file without video frames.
     """
     import av
+    from av.video.reformatter import VideoReformatter
 
     if isinstance(path, (bytes, bytearray, memoryview)):
         source, path = io.BytesIO(path), Path("<video bytes>")
@@ -174,8 +175,11 @@ def read_video(path: str | os.PathLike | bytes, max_frames: int | None = None) -
                 raise VideoError(f"{path} has no video stream")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or 0) or 30.0
+            # one converter for the whole video: `frame.to_ndarray(format=...)` sets one up per frame, which took
+            # ~4 ms of a 128 px frame's ~5 (the same pixels; curation spent 88% of its time there)
+            to_rgb = VideoReformatter()
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(to_rgb.reformat(frame, format="rgb24").to_ndarray())
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     except VideoError:

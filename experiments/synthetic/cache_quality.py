@@ -2,14 +2,16 @@ r"""The step caches on a trained model (issue 11): how much each preset skips, a
 
     python experiments/synthetic/cache_quality.py --test outputs/synthetic/data/test --clips 16 \
         --out outputs/cache_quality
+    python experiments/synthetic/cache_quality.py --test outputs/synthetic/data/test --clips 32 --steps 50 \
+        --model outputs/synthetic/wan --checkpoint outputs/synthetic/exports/tracks --device cuda --out OUT
 
-Re-renders the first `--clips` clips of the test split (source cam01 -> targets cam02..) with the shipped `tracks`
-model as the experiment's generate stage does (30 steps, no guidance), once exactly and once per preset with
-infer.py's defaults; `mag` uses ratios calibrated on the first clip's exact re-render (`--cache-calibrate`). Prints
-one JSON line per preset: the share of transformer calls that ran every block (what sets a preset's speed on any
-model: docs/benchmarks.md measures the seconds per full pass at 480p), and the mean PSNR against the exact
-re-render and against the true target. Random weights cannot give the first (first_block and mag decide from the
-activations), which is why it is measured here.
+Re-renders the first `--clips` clips of the test split (source cam01 -> targets cam02..) with a trained `tracks`
+model (default: the shipped one) as the experiment's generate stage does (30 steps, no guidance), once exactly and
+once per preset with infer.py's defaults; `mag` uses ratios calibrated on the first clip's exact re-render
+(`--cache-calibrate`). Prints one JSON line per preset: the share of transformer calls that ran every block (what
+sets a preset's speed on any model: docs/benchmarks.md measures the seconds per full pass at 480p), and the mean
+PSNR against the exact re-render and against the true target. Random weights cannot give the first (first_block
+and mag decide from the activations), which is why it is measured here.
 """
 
 from __future__ import annotations
@@ -26,15 +28,13 @@ PRESETS = ("none", "first_block", "taylorseer", "mag")
 OPTIONS = dict(tracker="oracle", query_frames="first_last", num_queries=128, guidance=1.0, seed=0)  # run.sh generate
 
 
-def rerenderer(preset: str, options: list[str] = (), calibrate_to: Path | None = None):
+def rerenderer(args, preset: str, options: list[str] = (), calibrate_to: Path | None = None):
     from track2view.inference.rerender import Rerenderer
     from track2view.inference.speed import SpeedOptions
     from track2view.inference.step_cache import FullPassCounter, parse_step_cache
 
     cache = parse_step_cache(preset, list(options), str(calibrate_to) if calibrate_to else None)
-    shipped = HERE / "shipped"
-    r = Rerenderer(str(shipped / "wan"), str(shipped / "tracks"), device="cpu", dtype="float32",
-                   speed=SpeedOptions(cache=cache))
+    r = Rerenderer(args.model, args.checkpoint, device=args.device, dtype="float32", speed=SpeedOptions(cache=cache))
     return r, FullPassCounter(r.pipeline().transformer.transformer)
 
 
@@ -58,6 +58,10 @@ def main(argv=None) -> int:
     p.add_argument("--targets-per-scene", type=int, default=3)
     p.add_argument("--size", type=int, default=128, help="the re-renders' height and width (run.sh SIZE)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (run.sh EVAL_STEPS)")
+    p.add_argument("--model", default=str(HERE / "shipped" / "wan"), help="the Wan folder (run.sh model: OUT/wan)")
+    p.add_argument("--checkpoint", default=str(HERE / "shipped" / "tracks"),
+                   help="a tracks arm's export (run.sh export: OUT/exports/tracks)")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="a new folder for the re-renders")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -70,12 +74,12 @@ def main(argv=None) -> int:
         return 2
     clips, options = manifest.clips[:args.clips], dict(OPTIONS, height=args.size, width=args.size, steps=args.steps)
     ratios = out / "mag_ratios.json"
-    calibration, _ = rerenderer("mag", calibrate_to=ratios)
+    calibration, _ = rerenderer(args, "mag", calibrate_to=ratios)
     render_clip(calibration, options, manifest, clips[0], out / "calibration")
     targets = {e.key: read_video(manifest.video_path(e.target_video))[0] for e in clips}  # read once
     exact = {}
     for preset in PRESETS:
-        r, counter = rerenderer(preset, [f"mag_ratios_file={ratios}"] if preset == "mag" else [])
+        r, counter = rerenderer(args, preset, [f"mag_ratios_file={ratios}"] if preset == "mag" else [])
         vs_exact, vs_target = [], []
         for entry in clips:
             video = read_video(render_clip(r, options, manifest, entry, out / preset) / "video.mp4")[0]
