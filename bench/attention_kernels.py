@@ -8,8 +8,9 @@ the dual-view 480x832x81 Wan-1.3B sequence, S = 65,520 tokens, 12 heads of 128) 
 * `fa4`: flash-attn-4 (`flash_attn.cute.flash_attn_func`, CuTe DSL; PyPI pre-release `flash-attn-4`)
 
 and prints one JSON line per kernel: median milliseconds over `--repeats` calls after `--warmup` calls, TFLOP/s
-(4 B H S^2 D forward, 2.5x that with the backward), and the largest difference of its output from `sdpa_cudnn`'s.
-A kernel that cannot run here prints why instead (e.g. flash-attn-4 not installed).
+(4 B H S^2 D for the forward; the backward's matmuls are 2.5x that, so 3.5x for forward + backward), and the
+largest difference of its output from `sdpa_cudnn`'s. A kernel that cannot run here prints why instead (e.g.
+flash-attn-4 not installed).
 
     python3 bench/attention_kernels.py                        # H200: every kernel, batch 2 (CFG) forward
     python3 bench/attention_kernels.py --batch 1 --backward   # the training shape, forward + backward
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +35,7 @@ def sdpa(backend: SDPBackend | None):
     """q, k, v [B, S, H, D] -> [B, S, H, D] through PyTorch SDPA (which wants [B, H, S, D])."""
     def attend(q, k, v):
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-        if backend is None:
-            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-        with sdpa_kernel(backend):
+        with sdpa_kernel(backend) if backend is not None else nullcontext():
             return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
     return attend
 
@@ -84,7 +84,8 @@ def measure(name: str, qkv, reference, args, device) -> dict:
     except Exception as e:  # a kernel that cannot run here (not installed, unsupported GPU or shape)
         return {**row, "error": f"{type(e).__name__}: {e}"[:400]}
     row["max_abs_diff_vs_sdpa_cudnn"] = None if reference is None else float((out - reference).abs().max())
-    grad, leaves = torch.randn_like(out), [x.detach().requires_grad_(args.backward) for x in qkv]
+    grad = torch.randn_like(out) if args.backward else None
+    leaves = [x.detach().requires_grad_(args.backward) for x in qkv]
 
     def step():
         result = attend(*leaves)
