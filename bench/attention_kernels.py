@@ -5,7 +5,8 @@ the dual-view 480x832x81 Wan-1.3B sequence, S = 65,520 tokens, 12 heads of 128) 
 
 * `sdpa`: PyTorch's default dispatch (diffusers' `native` backend; on an H200 it picks cuDNN)
 * `sdpa_cudnn`, `sdpa_flash`: SDPA restricted to one backend (diffusers' `_native_cudnn`, `_native_flash`)
-* `fa4`: flash-attn-4 (`flash_attn.cute.flash_attn_func`, CuTe DSL; PyPI pre-release `flash-attn-4`)
+* `fa4`: flash-attn-4 (PyPI pre-release `flash-attn-4`, CuTe DSL) through `track2view.model.flash_attn_4`'s op, as
+  `--attention-backend flash_4_hub` runs it
 
 and prints one JSON line per kernel: median milliseconds over `--repeats` calls after `--warmup` calls, TFLOP/s
 (4 B H S^2 D for the forward; the backward's matmuls are 2.5x that, so 3.5x for forward + backward), and the
@@ -41,11 +42,10 @@ def sdpa(backend: SDPBackend | None):
 
 
 def fa4():
-    from flash_attn.cute import flash_attn_func  # ImportError: not installed
+    from track2view.model import flash_attn_4  # the op diffusers' flash_4_hub backend runs here
 
-    def attend(q, k, v):
-        return flash_attn_func(q, k, v)[0]  # (out, lse)
-    return attend
+    flash_attn_4._kernels()  # ImportError: flash-attn-4 not installed
+    return lambda q, k, v: flash_attn_4.attend(q, k, v)[0]  # (out, lse)
 
 
 def kernel(name: str):

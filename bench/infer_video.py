@@ -205,11 +205,16 @@ def main(argv=None):
                   context_parallel={"ulysses": split.ulysses, "ring": split.ring} if split else None)
     report({"event": "config", **common})
 
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry, attention_backend
+
+    default_backend = _AttentionBackendRegistry.get_active_backend()[0]
     rows = {}
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        try:
-            row = run_variant(variant, args, device, dtype, wan_config, conditioner, lora, source, embeds, negative,
-                              tracks, split)
+        try:  # set_attention_backend also sets diffusers' process-wide default: an @BACKEND variant's backend must
+            with attention_backend(default_backend):  # not carry over into the variants after it
+                row = run_variant(variant, args, device, dtype, wan_config, conditioner, lora, source, embeds,
+                                  negative, tracks, split)
+                row["attention_backend"] = _AttentionBackendRegistry.get_active_backend()[0].value  # it ran with
         except Exception as e:  # one failing variant (e.g. a compile error) must not hide the others
             row = {"variant": variant, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         report(row)
@@ -262,6 +267,7 @@ def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, sou
 
     from track2view.inference.pipeline import Track2ViewPipeline
     from track2view.inference.speed import compile_blocks
+    from track2view.model.flash_attn_4 import set_attention_backend
     from track2view.model.transformer import Track2ViewTransformer
 
     kind, step_cache, interval, backend = parse_variant(variant)  # e.g. ours_fused+first_block@_native_cudnn
@@ -291,7 +297,7 @@ def run_variant(variant, args, device, dtype, wan_config, conditioner, lora, sou
         else:
             raise ValueError(f"unknown variant {variant!r}")
     if backend or args.attention_backend:
-        base.set_attention_backend(backend or args.attention_backend)
+        set_attention_backend(base, backend or args.attention_backend)
     if split:
         from track2view.inference.parallel import enable_context_parallel
 

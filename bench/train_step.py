@@ -361,6 +361,9 @@ def main():
     st = Setup(args)
     if st.device.type == "cuda":
         print(json.dumps(dict(torch=torch.__version__, gpu=torch.cuda.get_device_name())), flush=True)
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry, attention_backend
+
+    default_backend = _AttentionBackendRegistry.get_active_backend()[0]
     results, started, longest = [], time.perf_counter(), 0.0
     runs = ([("baseline", None)] if not args.no_baseline else []) + variants
     for name, variant in runs:
@@ -370,8 +373,9 @@ def main():
             results.append(res)
             print(json.dumps(res), flush=True)
             continue
-        try:
-            res = run_baseline(st) if variant is None else run_ours(st, name, variant)
+        try:  # diffusers' set_attention_backend also sets its process-wide default: keep a variant's to itself
+            with attention_backend(default_backend):
+                res = run_baseline(st) if variant is None else run_ours(st, name, variant)
         except Exception as e:  # report and go on with the other variants
             res = dict(variant=name, error=repr(e)[:400])
         base = results[0] if results and results[0]["variant"] == "baseline" and "error" not in results[0] else None

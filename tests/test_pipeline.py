@@ -209,3 +209,21 @@ def test_benchmark_smoke_runs_on_cpu():
     assert set(by_variant) == {"plain", "ours_nocache", "ours"}
     assert all(row["video_50steps_cfg_s"] > 0 and row["extrapolated"] for row in by_variant.values())
     assert rows[-1]["event"] == "summary" and set(rows[-1]["video_s_relative_to_plain"]) == {"ours_nocache", "ours"}
+
+
+def test_benchmark_variant_backend_does_not_carry_over():
+    """diffusers' set_attention_backend also sets its process-wide default: a `@BACKEND` variant's backend must not
+    leak into the variants after it (it did on the H200: ours_fused after plain@flash_4_hub ran at FA4's speed)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "infer_video.py"), "--tiny", "--device", "cpu",
+                        "--steps", "1", "--warmup", "0", "--variants", "plain@_native_math,plain"],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{"variant"')]
+    assert [row["attention_backend"] for row in rows] == ["_native_math", "native"]

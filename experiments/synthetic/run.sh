@@ -129,7 +129,7 @@ stage_train() {
   wait_all train
 }
 
-stage_export() {  # every arm at one step: last.ckpt when all arms reached the same, else the last common step*.ckpt
+stage_export() {  # every arm at one step: EXPORT_STEP, or last.ckpt when all reached the same, else the last common
   local arm name steps
   for arm in $ARMS; do
     [ -f "$OUT/runs/$arm/checkpoints/last.ckpt" ] && continue
@@ -139,7 +139,9 @@ stage_export() {  # every arm at one step: last.ckpt when all arms reached the s
   steps=$(for arm in $ARMS; do python -c "import sys; from track2view.training.checkpoints import \
 load_training_checkpoint as load; print(load(sys.argv[1])['global_step'])" "$OUT/runs/$arm/checkpoints/last.ckpt"
   done | sort -u)
-  if [ "$(echo "$steps" | wc -l)" = 1 ]; then
+  if [ -n "${EXPORT_STEP:-}" ]; then  # a step to compare at, e.g. another run's: its step*.ckpt in every arm
+    name=$(printf 'step%07d' "$EXPORT_STEP")
+  elif [ "$(echo "$steps" | wc -l)" = 1 ]; then
     name=last
   else  # a time limit stopped the arms at different steps
     name=$(for arm in $ARMS; do ls "$OUT/runs/$arm/checkpoints" | grep -o '^step[0-9]*' | sort | tail -n 1; done \

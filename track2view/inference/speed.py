@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from track2view.inference.memory import OFFLOAD_MODES, check_offload, enable_offload, enable_vae_tiling
 from track2view.inference.step_cache import PRESETS, StepCache, parse_step_cache
+from track2view.model.flash_attn_4 import set_attention_backend
 
 
 @dataclass
@@ -44,7 +45,8 @@ def add_speed_arguments(parser, calibration: bool = True) -> None:
                             "magnitude ratios to FILE (JSON) for --cache-option mag_ratios_file=FILE")
     g.add_argument("--attention-backend", default=None, metavar="NAME",
                    help="diffusers attention backend: native, _native_cudnn, flash, _flash_3, sage, ... (default: "
-                        "PyTorch SDPA); flash and sage need their packages installed")
+                        "PyTorch SDPA); flash and sage need their packages installed; flash_4_hub runs PyPI's "
+                        "flash-attn-4 when installed (else diffusers fetches it from the Hub)")
     g.add_argument("--vae-tiling", action="store_true",
                    help="encode and decode in 256x256 tiles (lower VAE peak memory; tile seams differ slightly)")
     g.add_argument("--offload", default="none", metavar="MODE",
@@ -72,7 +74,7 @@ def apply_speed_options(pipe, device: str, options: SpeedOptions) -> None:
     per request, as MagCache needs the step count)."""
     if options.attention_backend is not None:
         try:
-            pipe.transformer.transformer.set_attention_backend(options.attention_backend)
+            set_attention_backend(pipe.transformer.transformer, options.attention_backend)
         except (RuntimeError, ImportError) as e:  # known to diffusers, but its package is missing here
             raise ValueError(f"--attention-backend {options.attention_backend} cannot run here: {e}; install it "
                              f"or choose another backend") from None

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from track2view.model.flash_attn_4 import set_attention_backend
 from track2view.model.lora_ffn import set_lean_ffn
 
 CHECKPOINTING_MODES = ("none", "full", "selective")
@@ -122,7 +123,7 @@ def configure_speed(transformer, conditioning, settings: SpeedSettings) -> None:
     checkpoint `conditioning` whenever the blocks are (if it supports gradient checkpointing)."""
     s = settings
     if s.attention_backend is not None:
-        transformer.set_attention_backend(s.attention_backend)
+        set_attention_backend(transformer, s.attention_backend)
     blocks = transformer.blocks
     if s.checkpointing == "none" or s.checkpoint_blocks == 0:
         transformer.disable_gradient_checkpointing()
