@@ -141,6 +141,11 @@ load_training_checkpoint as load; print(load(sys.argv[1])['global_step'])" "$OUT
   done | sort -u)
   if [ -n "${EXPORT_STEP:-}" ]; then  # a step to compare at, e.g. another run's: its step*.ckpt in every arm
     name=$(printf 'step%07d' "$EXPORT_STEP")
+    for arm in $ARMS; do
+      [ -f "$OUT/runs/$arm/checkpoints/$name.ckpt" ] && continue
+      echo "error: EXPORT_STEP=$EXPORT_STEP: arm $arm has no $name.ckpt; train to that step or choose a saved one" >&2
+      exit 1
+    done
   elif [ "$(echo "$steps" | wc -l)" = 1 ]; then
     name=last
   else  # a time limit stopped the arms at different steps
