@@ -152,7 +152,7 @@ class Rerenderer:
                 pipe.to(device)
             if self.checkpoint and self.fuse_lora:
                 pipe.fuse_lora()
-            _as_input_error(apply_speed_options, pipe, device, self.speed)
+            _as_input_error(apply_speed_options, pipe, device, self.speed, self.context is not None)
             if self.context is not None:
                 enable_context_parallel(pipe.transformer.transformer, self.context.split)
                 pipe.set_progress_bar_config(disable=not self.writes_files)  # one progress bar, rank 0's

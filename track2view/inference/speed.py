@@ -2,6 +2,7 @@
 
     --cache NAME, --cache-option KEY=VALUE, --cache-calibrate FILE   step caches (step_cache.py)
     --attention-backend NAME                                         diffusers' `set_attention_backend`
+                                                                     (default: flash-attn-4 where it runs, else SDPA)
     --vae-tiling, --offload none|model|sequential                    memory (memory.py)
 
 (--guidance-interval is a generation setting of each request: guidance.py.) `SpeedOptions` holds them, checked
@@ -14,13 +15,13 @@ from dataclasses import dataclass, field
 
 from track2view.inference.memory import OFFLOAD_MODES, check_offload, enable_offload, enable_vae_tiling
 from track2view.inference.step_cache import PRESETS, StepCache, parse_step_cache
-from track2view.model.flash_attn_4 import set_attention_backend
+from track2view.model.flash_attn_4 import default_backend, set_attention_backend
 
 
 @dataclass
 class SpeedOptions:
     cache: StepCache = field(default_factory=StepCache)
-    attention_backend: str | None = None  # None: diffusers' default (PyTorch SDPA)
+    attention_backend: str | None = None  # None: flash-attn-4 where it runs (default_backend), else PyTorch SDPA
     vae_tiling: bool = False
     offload: str = "none"
 
@@ -44,9 +45,10 @@ def add_speed_arguments(parser, calibration: bool = True) -> None:
                        help="with --cache mag: re-render exactly (nothing skipped) and write this model's per-step "
                             "magnitude ratios to FILE (JSON) for --cache-option mag_ratios_file=FILE")
     g.add_argument("--attention-backend", default=None, metavar="NAME",
-                   help="diffusers attention backend: native, _native_cudnn, flash, _flash_3, sage, ... (default: "
-                        "PyTorch SDPA); flash and sage need their packages installed; flash_4_hub runs PyPI's "
-                        "flash-attn-4 when installed (else diffusers fetches it from the Hub)")
+                   help="diffusers attention backend: native (PyTorch SDPA), _native_cudnn, flash, _flash_3, sage, "
+                        "flash_4_hub, ... (default: flash_4_hub where PyPI's flash-attn-4 is installed, the GPU is "
+                        "Hopper or Blackwell and the dtype bf16/fp16, else native); flash and sage need their "
+                        "packages installed; flash_4_hub without flash-attn-4 installed is fetched from the Hub")
     g.add_argument("--vae-tiling", action="store_true",
                    help="encode and decode in 256x256 tiles (lower VAE peak memory; tile seams differ slightly)")
     g.add_argument("--offload", default="none", metavar="MODE",
@@ -69,14 +71,18 @@ def check_attention_backend(name: str) -> None:
         raise ValueError(f"unknown --attention-backend {name!r}; diffusers knows {', '.join(known)}")
 
 
-def apply_speed_options(pipe, device: str, options: SpeedOptions) -> None:
+def apply_speed_options(pipe, device: str, options: SpeedOptions, context_parallel: bool = False) -> None:
     """Attention backend, VAE tiling and offload hooks on a loaded Track2ViewPipeline (the step cache is put on
-    per request, as MagCache needs the step count)."""
-    if options.attention_backend is not None:
+    per request, as MagCache needs the step count). With no backend named: `default_backend`, except under
+    context parallelism (diffusers' flash_4_hub has no context-parallel support; SDPA stays)."""
+    wan = pipe.transformer.transformer
+    backend = options.attention_backend or (None if context_parallel else default_backend(
+        device.startswith("cuda"), wan.dtype))
+    if backend is not None:
         try:
-            set_attention_backend(pipe.transformer.transformer, options.attention_backend)
+            set_attention_backend(wan, backend)
         except (RuntimeError, ImportError) as e:  # known to diffusers, but its package is missing here
-            raise ValueError(f"--attention-backend {options.attention_backend} cannot run here: {e}; install it "
+            raise ValueError(f"--attention-backend {backend} cannot run here: {e}; install it "
                              f"or choose another backend") from None
     if options.vae_tiling:
         enable_vae_tiling(pipe.vae)

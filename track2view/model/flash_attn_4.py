@@ -8,10 +8,14 @@ name: for `flash_4_hub` with `flash_attn.cute` importable it hands diffusers' ba
 registry's `kernel_fn`, which diffusers otherwise downloads) and sets the backend on every attention processor as
 diffusers' method does, skipping only its check for `kernels`, the downloader this replaces. Any other name, or
 `flash_4_hub` without the PyPI package, goes to diffusers' `set_attention_backend` as it is.
+`default_backend(on_cuda, dtype)` is the backend inference and training use when none is named: this one wherever
+it can run (one H200: 1.13x SDPA's 480p re-render loop and training step, docs/benchmarks.md), else SDPA.
 
 The kernel runs as one custom op, `track2view::flash_attn_4` (q, k, v [B, S, H, D] -> out [B, S, H, Dv] and the
 log-sum-exp [B, H, S]): opaque to torch.compile (its fake implementation gives the shapes), with FA4's backward
-registered as its autograd formula, so compiled blocks and training steps can use it.
+as its autograd formula through a second op, `track2view::flash_attn_4_backward`: AOTAutograd traces the autograd
+formula into the compiled backward graph with fake tensors, which the raw kernel cannot take (a compiled training
+step failed on the H200 with "Cannot access data pointer of Tensor" before the backward was an op of its own).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import math
 import torch
 
 BACKEND = "flash_4_hub"
+COMPUTE_CAPABILITIES = (9, 10, 11, 12)  # the major versions FA4 has kernels for (Hopper, Blackwell)
 
 
 def _kernels():
@@ -38,6 +43,15 @@ def available() -> bool:
     return True
 
 
+def default_backend(on_cuda: bool, dtype: torch.dtype) -> str | None:
+    """`flash_4_hub` where flash-attn-4 is installed, attention runs on a CUDA GPU it has kernels for and in
+    bf16/fp16 (the dtypes it takes); else None: diffusers' default, PyTorch SDPA. Exact as SDPA is (max abs
+    difference 2.4e-4 in bf16 on the H200, one rounding step, as SDPA's own flash kernel)."""
+    if not (on_cuda and dtype in (torch.bfloat16, torch.float16) and available()):
+        return None
+    return BACKEND if torch.cuda.get_device_capability()[0] in COMPUTE_CAPABILITIES else None
+
+
 @torch.library.custom_op("track2view::flash_attn_4", mutates_args=())
 def flash_attn_4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, Sq, H, D], k [B, Sk, H, D], v [B, Sk, H, Dv] (bf16/fp16, CUDA) -> (out [B, Sq, H, Dv], lse [B, H, Sq])."""
@@ -52,6 +66,21 @@ def _(q, k, v, scale):
     return q.new_empty(b, sq, h, v.shape[-1]), q.new_empty(b, h, sq, dtype=torch.float32)
 
 
+@torch.library.custom_op("track2view::flash_attn_4_backward", mutates_args=())
+def flash_attn_4_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                          grad_out: torch.Tensor, lse: torch.Tensor, scale: float
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FA4's backward: the forward's inputs, its (out, lse) and d out [B, Sq, H, Dv] -> (dq, dk, dv)."""
+    _, backward = _kernels()
+    dq, dk, dv = backward(q, k, v, out, grad_out.contiguous(), lse, scale)[:3]
+    return dq, dk, dv
+
+
+@flash_attn_4_backward.register_fake
+def _(q, k, v, out, grad_out, lse, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 def _setup_context(ctx, inputs, output):
     q, k, v, ctx.scale = inputs
     ctx.save_for_backward(q, k, v, *output)
@@ -59,9 +88,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, _grad_lse):
     q, k, v, out, lse = ctx.saved_tensors
-    _, backward = _kernels()
-    dq, dk, dv = backward(q, k, v, out, grad_out.contiguous(), lse, ctx.scale)[:3]
-    return dq, dk, dv, None
+    return *flash_attn_4_backward(q, k, v, out, grad_out, lse, ctx.scale), None
 
 
 flash_attn_4.register_autograd(_backward, setup_context=_setup_context)

@@ -20,11 +20,13 @@ draws what N GPUs draw. bf16 comes from the Trainer's precision: "bf16-mixed" au
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -77,7 +79,9 @@ class Track2ViewModule(L.LightningModule):
             LoRA and trained base (continue or fine-tune a trained model); its kind and settings must be this run's.
         gradient_checkpointing: "full" (recompute each DiT block and the conditioner in backward), "selective"
             (keep the self-attention outputs, recompute the rest) or "none"; checkpoint_blocks: only the first k.
-        attention_backend: diffusers attention backend ("native", "_native_cudnn", "flash", ...); None = default.
+        attention_backend: diffusers attention backend ("native" = PyTorch SDPA, "_native_cudnn", "flash", ...);
+            None: flash-attn-4 where it is installed and the Trainer runs on a Hopper/Blackwell GPU in bf16/fp16
+            precision (1.13x SDPA's training step on one H200, docs/benchmarks.md), else SDPA.
         attention: "full" (the paper's) or "one_way": source tokens attend only to the source, a quarter less
             self-attention in training and a source KV cache at inference; needs flow_matching.timestep_mode
             per_token (track2view/model/one_way.py).
@@ -173,8 +177,18 @@ class Track2ViewModule(L.LightningModule):
         model.set_attention(h.attention)  # this run's, also over an init_from export's
         if h.train_base:
             model.train_base()
-        model.configure_speed(self.speed)
+        model.configure_speed(replace(self.speed, attention_backend=self._attention_backend()))
         self.model = model.train()  # diffusers loads in eval mode; Lightning switches modes for validation
+
+    def _attention_backend(self) -> str | None:
+        """The configured backend, or with none the fastest exact one for this Trainer's device and precision."""
+        if self.speed.attention_backend is not None or self._trainer is None:
+            return self.speed.attention_backend
+        from track2view.model.flash_attn_4 import default_backend
+
+        precision = str(self.trainer.precision)
+        dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
+        return default_backend(isinstance(self.trainer.accelerator, CUDAAccelerator), dtype)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
