@@ -80,3 +80,33 @@ def test_compare_prints_paired_differences_over_the_clips_both_scored(run_dir, c
     assert "truth - one_video, RotErr (deg): +0.000 (SE 1.000, 2 clips, truth better in 1)" in out
     assert "truth: median RotErr 2.00 deg" in out and "PSNR at frames 0,4: 120.0 / 120.0" in out
     assert out.startswith("static camera: RotErr mean ")
+
+
+def test_blurred_target_loses_detail_with_sigma_and_keeps_the_mean(summarize, run_dir):
+    """The target_blur<sigma> rows: more blur, lower PSNR against the sharp video; a blur moves no colour mass."""
+    from track2view.eval.manifest import read_manifest
+    from track2view.io import read_video
+
+    manifest = read_manifest(run_dir / "eval" / "manifest.json")
+    sharp = read_video(manifest.video_path(manifest.clips[0].target_video))[0]
+    psnrs = [summarize.frame_psnr(summarize.blurred(sharp, sigma), sharp) for sigma in (0.5, 1.0, 2.0)]
+    assert psnrs[0] > psnrs[1] > psnrs[2] and summarize.blur_row(2.0) == "target_blur2"
+    assert abs(summarize.blurred(sharp, 2.0).mean() - sharp.mean()) < 2.0
+
+
+def test_apparent_motion_reads_the_true_targets_motion_and_none_in_a_still_video(run_dir, capsys, monkeypatch):
+    """experiments/synthetic/apparent_motion.py: the true target moves as itself (cosine 1); a still video has no
+    apparent motion; the row of source videos moves, but not as the targets do."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "synthetic"))
+    import apparent_motion
+    from track2view.eval.manifest import read_manifest
+    from track2view.io import read_video
+
+    manifest = read_manifest(run_dir / "eval" / "manifest.json")
+    video = read_video(manifest.video_path(manifest.clips[0].target_video))[0]
+    moved, cosine = apparent_motion.motion(apparent_motion.flow(video), apparent_motion.flow(video))
+    assert moved > 1.0 and cosine == pytest.approx(1.0)
+    assert apparent_motion.motion(apparent_motion.flow(video[:1].repeat(5, 0)), apparent_motion.flow(video))[0] < 0.01
+    assert apparent_motion.main(["--out-dir", str(run_dir), "--rows", "truth one_video"]) == 0
+    truth, one_video = (float(line.split("flow ")[1]) for line in capsys.readouterr().out.splitlines())
+    assert truth == pytest.approx(1.0, abs=0.01) and one_video < 0.9

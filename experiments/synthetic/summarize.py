@@ -1,12 +1,15 @@
 r"""The experiment's reference rows, results table and contact sheet.
 
-    python experiments/synthetic/summarize.py baselines --manifest M.json --vae RUN/vae --out RUN/eval/generated
+    python experiments/synthetic/summarize.py baselines --manifest M.json --vae RUN/vae --out RUN/eval/generated \
+        [--blur 1,2,4]
     python experiments/synthetic/summarize.py table --out-dir RUN --arms "tracks camera none ..." [--sheet PNG]
 
 `baselines` writes three reference "methods" in the generated-clips layout (BASELINES), scored like the arms:
 * source_copy: the source video itself as the re-render (what a model that ignores the camera gets);
 * autoencoder: the true target video through the autoencoder (the ceiling any arm can reach in pixels);
-* target_copy: the true target video itself, re-encoded (the camera metrics' floor: pycolmap on a perfect video).
+* target_copy: the true target video itself, re-encoded (the camera metrics' floor: pycolmap on a perfect video);
+* with `--blur SIGMAS`, target_blur<sigma> per sigma: the true target blurred by a Gaussian of that many pixels
+  (kornia), how sharp a re-render must be before pycolmap reads its camera (the arms' re-renders are blurred).
 `table` reads every `evaluate.py score` result (RUN/eval/scores/<arm>/results.json, all clips) and prints one
 Markdown table (also written to RUN/eval/results.md) with a view-specificity column (`view_specificity`), then,
 for rows scored against their exact re-render (RUN/eval/scores_vs_exact/<row>: the step caches), a second one
@@ -28,7 +31,22 @@ COLUMNS = (("psnr", "PSNR (dB) ↑", 2), ("ssim", "SSIM ↑", 3), ("rot_err_deg"
            ("trans_err", "TransErr ↓", 3), ("mat_pix_k", "Mat.Pix.(K) ↑", 3))
 
 
-def write_baselines(manifest_path: str, vae_dir: str, out: str) -> None:
+def blurred(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """uint8 [T, H, W, 3] -> the same, each frame blurred by a Gaussian of `sigma` pixels (kernel to 3 sigma)."""
+    import torch
+    from kornia.filters import gaussian_blur2d
+
+    size = 2 * int(np.ceil(3 * sigma)) + 1
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    y = gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="reflect")
+    return y.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def blur_row(sigma: float) -> str:
+    return f"target_blur{sigma:g}"
+
+
+def write_baselines(manifest_path: str, vae_dir: str, out: str, blur: tuple[float, ...] = ()) -> None:
     import torch
     from diffusers import AutoencoderKLWan
 
@@ -40,10 +58,11 @@ def write_baselines(manifest_path: str, vae_dir: str, out: str) -> None:
     manifest = read_manifest(manifest_path)
     vae = AutoencoderKLWan.from_pretrained(vae_dir).eval()
     mean, std = latent_stats(vae)
-    for name in BASELINES:
+    sigmas = {blur_row(sigma): sigma for sigma in blur}
+    for name in (*BASELINES, *sigmas):
         (Path(out) / name).mkdir(parents=True, exist_ok=True)
     for entry in manifest.clips:
-        for name in BASELINES:
+        for name in (*BASELINES, *sigmas):
             folder = Path(out) / name / entry.key
             if (folder / clip_files.VIDEO).is_file():
                 continue
@@ -55,6 +74,8 @@ def write_baselines(manifest_path: str, vae_dir: str, out: str) -> None:
                     z = encode_video(vae, pixels) * std + mean
                     decoded = vae.decode(z).sample[0].clamp(-1, 1)
                 frames = ((decoded.permute(1, 2, 3, 0) + 1) * 127.5).round().byte().numpy()
+            if name in sigmas:
+                frames = blurred(frames, sigmas[name])
             with atomic_directory(folder, "track2view-eval-clip") as tmp:
                 write_video(tmp / clip_files.VIDEO, frames, fps)
 
@@ -184,13 +205,14 @@ def main(argv=None) -> int:
     b.add_argument("--manifest", required=True)
     b.add_argument("--vae", required=True)
     b.add_argument("--out", required=True)
+    b.add_argument("--blur", default="", help="comma-separated Gaussian sigmas (pixels): target_blur<sigma> rows")
     t = sub.add_parser("table")
     t.add_argument("--out-dir", required=True)
     t.add_argument("--arms", required=True, help="space-separated arm names")
     t.add_argument("--sheet", help="write a contact sheet PNG here")
     a = p.parse_args(argv)
     if a.command == "baselines":
-        write_baselines(a.manifest, a.vae, a.out)
+        write_baselines(a.manifest, a.vae, a.out, tuple(float(v) for v in a.blur.split(",") if v))
         return 0
     out_dir, arms = Path(a.out_dir), a.arms.split()
     text = table(out_dir, arms)
