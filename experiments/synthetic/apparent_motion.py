@@ -44,11 +44,12 @@ def last_frame_rotation(c2w: np.ndarray) -> float:
     return float(np.degrees(geodesic(np.eye(3)[None], relative_to_first(c2w)[-1:, :3, :3]))[0])
 
 
-def summarize_row(out_dir: Path, row: str, truth: tuple, true_flows: dict, poses: bool) -> str:
+def summarize_row(out_dir: Path, row: str, manifest, true_flows: dict, poses: bool) -> str:
+    """One line for `row`: its clips' mean apparent motion and flow cosine ({clip key: true flow}), and with
+    `poses` pycolmap's estimated last-frame rotation beside the true one."""
     from track2view.eval.metrics.pose_estimation import PoseFailure, estimate_poses
     from track2view.io import read_video
 
-    manifest, _ = truth
     moved, cosines, rotations, failed = [], [], [], 0
     for entry in manifest.clips:
         video = read_video(out_dir / "eval" / "generated" / row / entry.key / "video.mp4")[0]
@@ -78,10 +79,10 @@ def main(argv=None) -> int:
     p.add_argument("--poses", action="store_true", help="also pycolmap's estimated rotation (seconds per clip)")
     a = p.parse_args(argv)
     out_dir = Path(a.out_dir)
-    truth = true_targets(out_dir)
-    true_flows = {key: flow(video) for key, video in truth[1].items()}
+    manifest, targets = true_targets(out_dir)
+    true_flows = {key: flow(video) for key, video in targets.items()}
     for row in a.rows.split():
-        print(summarize_row(out_dir, row, truth, true_flows, a.poses), flush=True)
+        print(summarize_row(out_dir, row, manifest, true_flows, a.poses), flush=True)
     return 0
 
 

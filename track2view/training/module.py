@@ -186,9 +186,12 @@ class Track2ViewModule(L.LightningModule):
             return self.speed.attention_backend
         from track2view.model.flash_attn_4 import default_backend
 
-        precision = str(self.trainer.precision)
-        dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
-        return default_backend(isinstance(self.trainer.accelerator, CUDAAccelerator), dtype)
+        return default_backend(isinstance(self.trainer.accelerator, CUDAAccelerator), self._precision_dtype())
+
+    def _precision_dtype(self) -> torch.dtype:
+        """The Trainer's compute dtype: "bf16-*" bf16, "16-*" fp16, else (or with no Trainer) fp32."""
+        precision = str(self.trainer.precision) if self._trainer is not None else ""
+        return torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -213,8 +216,7 @@ class Track2ViewModule(L.LightningModule):
         return torch.Generator(self.device).manual_seed(seed)
 
     def _autocast(self):
-        bf16 = "bf16" in str(self.trainer.precision) if self._trainer is not None else False
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._precision_dtype() == torch.bfloat16)
 
     def _check_batch(self, batch: dict) -> None:
         """Once: the latent shape matches height/width/num_frames when those are configured."""
