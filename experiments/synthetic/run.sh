@@ -81,7 +81,9 @@ stage_autoencoder() {  # AE_INIT (default: the committed autoencoder_init/) as i
     --out "$OUT/vae" --seconds "$AE_SECONDS" --batch-size "$AE_BATCH" --device "$DEVICE" ${AE_INIT:+--init "$AE_INIT"}
 }
 
-stage_model() { python "$HERE/make_model.py" --vae "$OUT/vae" --config "$HERE/model.json" --out "$OUT/wan"; }
+stage_model() {  # PATCH: the transformer's spatial patch (model.json's 4 unless set; 2 = Wan-2.1's, 4x the tokens)
+  python "$HERE/make_model.py" --vae "$OUT/vae" --config "$HERE/model.json" --out "$OUT/wan" ${PATCH:+--patch "$PATCH"}
+}
 
 stage_curate() {
   local scheme split jobs workers
