@@ -90,6 +90,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--drop-tracks", action="store_true", help="a 'tracks' export with every track marked invalid "
                    "(infer.py --drop-tracks): what the model makes without its tracks")
+    p.add_argument("--shift-target-tracks", type=float, default=0.0, metavar="DX",
+                   help="a 'tracks' export given the target view's tracks moved right by DX of the frame width: a "
+                        "model that follows its tracks moves its re-render by as much (track_following.py measures it)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     add_speed_arguments(p, calibration=False)  # infer.py's speed and memory options (docs/inference.md)

@@ -320,3 +320,28 @@ def test_drop_tracks_renders_what_a_silent_conditioner_renders_and_needs_a_track
     with pytest.raises(InputError, match="--drop-tracks marks the tracks of a 'tracks' export invalid"):
         render(export("camera", conditioning="camera"), "d.mp4", drop_tracks=True)
     assert not (tmp_path / "d.mp4").exists()
+
+
+def test_shift_target_tracks_moves_only_the_target_view_and_needs_a_tracks_export(two_camera_scene, tiny_wan_dir,
+                                                                                   tmp_path):
+    """--shift-target-tracks DX (evaluate.py's track-following probe): the target view's uv move by DX along x, the
+    source view's stay, points pushed out of the frame become invalid; a camera export refuses it."""
+    from track2view.inference.rerender import InputError, RerenderRequest, Rerenderer
+    from track2view.model.transformer import Track2ViewTransformer
+    from track2view.tracks import TARGET, PairedTracks
+
+    uv = torch.tensor([[0.1, 0.5], [0.9, 0.5]]).expand(2, 3, 2, 2).clone()  # [2 views, 3 frames, 2 points, 2]
+    tracks = PairedTracks(uv, torch.ones(2, 3, 2), torch.ones(2, 3, 2, dtype=torch.bool))
+    moved = tracks.shifted(TARGET, 0.25)
+    torch.testing.assert_close(moved.uv[0], uv[0])
+    torch.testing.assert_close(moved.uv[1, :, 0], torch.tensor([0.35, 0.5]).expand(3, 2))
+    assert moved.valid[0].all() and moved.valid[1, :, 0].all() and not moved.valid[1, :, 1].any()
+    assert tracks.uv[1, 0, 0, 0] == pytest.approx(0.1)  # the input is not changed in place
+
+    camera = Track2ViewTransformer.from_pretrained(tiny_wan_dir, conditioning="camera").save_trained(tmp_path / "cam")
+    request = RerenderRequest(video=str(two_camera_scene / "videos" / "cam01.mp4"), out=str(tmp_path / "a.mp4"),
+                              trajectories=["arc_left"], tracker="oracle", num_queries=64, steps=2, height=H, width=W,
+                              num_frames=T, shift_target_tracks=0.25)
+    with pytest.raises(InputError, match="--shift-target-tracks moves the target tracks of a 'tracks' export"):
+        Rerenderer(str(tiny_wan_dir), str(camera), device="cpu").render(request)
+    assert not (tmp_path / "a.mp4").exists()

@@ -110,3 +110,24 @@ def test_apparent_motion_reads_the_true_targets_motion_and_none_in_a_still_video
     assert apparent_motion.main(["--out-dir", str(run_dir), "--rows", "truth one_video"]) == 0
     truth, one_video = (float(line.split("flow ")[1]) for line in capsys.readouterr().out.splitlines())
     assert truth == pytest.approx(1.0, abs=0.01) and one_video < 0.9
+
+
+def test_track_following_reads_a_known_shift_as_gain_one_and_none_as_zero(run_dir, capsys, monkeypatch):
+    """experiments/synthetic/track_following.py: the true targets rolled 6 px right read as content moved +6 px
+    (gain 1 for a 6 px shift); a row against itself moved 0 px."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments" / "synthetic"))
+    import track_following
+    from track2view.io import read_video, write_video
+
+    generated = run_dir / "eval" / "generated"
+    for clip in (generated / "truth").iterdir():
+        video, fps = read_video(clip / "video.mp4")
+        (generated / "rolled" / clip.name).mkdir(parents=True, exist_ok=True)
+        write_video(generated / "rolled" / clip.name / "video.mp4", np.roll(video, 6, axis=2), fps)
+    width = video.shape[2]
+    assert track_following.main(["--out-dir", str(run_dir), "--row", "truth", "--shifted", "rolled",
+                                 "--shift", str(6 / width), "--frames", "0,4"]) == 0
+    gains = [float(line.split("gain ")[1].split(";")[0]) for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(gains) == 2 and all(g == pytest.approx(1.0, abs=0.2) for g in gains)
+    moved, _, clips = track_following.following(generated / "truth", generated / "truth", [0, 4])
+    assert clips == 3 and np.abs(moved).max() < 0.5

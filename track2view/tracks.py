@@ -139,6 +139,13 @@ class PairedTracks:
         valid = torch.cat([self.valid, self.valid.new_zeros(*self.valid.shape[:-1], pad)], -1)
         return PairedTracks(uv, depth, valid)
 
+    def shifted(self, view: int, dx: float) -> "PairedTracks":
+        """Unbatched [2, F, N]: `view`'s uv moved by `dx` along x (uv units), points leaving [0, 1]^2 invalid."""
+        uv, valid = self.uv.clone(), self.valid.clone()
+        uv[view, ..., 0] += dx
+        valid[view] &= ((uv[view] >= 0) & (uv[view] <= 1)).all(-1)
+        return PairedTracks(uv, self.depth, valid)
+
     def apply(self, fn) -> "PairedTracks":
         """The same tracks with `fn` applied to each of uv, depth and valid (e.g. batch slicing)."""
         return PairedTracks(fn(self.uv), fn(self.depth), fn(self.valid))

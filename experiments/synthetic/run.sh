@@ -53,10 +53,18 @@ schemes() { for arm in $ARMS; do arm_queries "$arm"; done | sort -u; }
 # invalid: what the conditioner adds is the difference) and `tracks+CACHE` per step cache (scored against `tracks`)
 generated_rows() {
   echo $ARMS
-  case " $ARMS " in *" tracks "*) echo tracks_dropped; for cache in $CACHES; do echo "tracks+$cache"; done ;; esac
+  case " $ARMS " in
+    *" tracks "*) echo tracks_dropped tracks_shifted; for cache in $CACHES; do echo "tracks+$cache"; done ;;
+  esac
 }
-row_arm() { local arm=${1%%+*}; echo "${arm%_dropped}"; }
-row_flags() { case $1 in *_dropped) echo --drop-tracks ;; *+*) echo --cache "${1#*+}" ;; esac; }
+SHIFT=${SHIFT:-0.25}  # tracks_shifted: the target tracks moved right by this fraction of the width (track_following.py)
+scored_rows() { generated_rows | tr ' ' '\n' | grep -v _shifted; }  # tracks_shifted: track_following.py's alone
+row_arm() { local arm=${1%%+*}; arm=${arm%_dropped}; echo "${arm%_shifted}"; }
+row_flags() {
+  case $1 in
+    *_dropped) echo --drop-tracks ;; *_shifted) echo --shift-target-tracks "$SHIFT" ;; *+*) echo --cache "${1#*+}" ;;
+  esac
+}
 
 stage_data() {  # SPLITS: some of them (the test split is deterministic: render it again where it is scored)
   local split
@@ -82,7 +90,8 @@ stage_autoencoder() {  # AE_INIT (default: the committed autoencoder_init/) as i
 }
 
 stage_model() {  # PATCH: the transformer's spatial patch (model.json's 4 unless set; 2 = Wan-2.1's, 4x the tokens)
-  python "$HERE/make_model.py" --vae "$OUT/vae" --config "$HERE/model.json" --out "$OUT/wan" ${PATCH:+--patch "$PATCH"}
+  python "$HERE/make_model.py" --vae "$OUT/vae" --config "$HERE/model.json" --out "$OUT/wan" \
+    ${PATCH:+--patch "$PATCH"}
 }
 
 stage_curate() {
@@ -222,14 +231,18 @@ stage_score() {  # CPU is fine; the manifest is written again, rooted where the 
     "unpack a pack with them, or run the prepare stage" >&2; exit 2; }
   write_manifest
   python "$HERE/summarize.py" baselines --manifest "$OUT/eval/manifest.json" --vae "$vae" --out "$OUT/eval/generated"
-  for row in $(generated_rows) source_copy autoencoder target_copy; do  # summarize.py's BASELINES too
+  for row in $(scored_rows) source_copy autoencoder target_copy; do  # summarize.py's BASELINES too
     score_job "$row" scores --metrics reference,camera_accuracy,matched_pixels --matcher sift --pose-threads 1
   done
   for row in $(generated_rows | grep +); do  # a step cache's re-render against the exact one
     score_job "$row" scores_vs_exact --metrics reference_pixels --against "$OUT/eval/generated/$(row_arm "$row")"
   done
   wait_all score
-  python "$HERE/summarize.py" table --out-dir "$OUT" --arms "$(generated_rows | xargs)" --sheet "$OUT/eval/contact_sheet.png"
+  python "$HERE/summarize.py" table --out-dir "$OUT" --arms "$(scored_rows | xargs)" \
+    --sheet "$OUT/eval/contact_sheet.png"
+  if [ -d "$OUT/eval/generated/tracks_shifted" ]; then  # does the tracks arm place content where its tracks say?
+    python "$HERE/track_following.py" --out-dir "$OUT" --shift "$SHIFT" | tee "$OUT/eval/track_following.txt"
+  fi
 }
 
 score_job() {  # ROW SCORES [evaluate.py score options]: scores ROW's clips into eval/SCORES/ROW, in the background

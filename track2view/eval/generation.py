@@ -129,7 +129,8 @@ def generate_from_args(a) -> list[Path]:
                              "every process takes part in every clip: drop them")
     rank, world_size = (0, 1) if context is not None else shard(a.rank, a.world_size)
     options = dict(tracker=a.tracker, tracker_options=a.tracker_option, steps=a.steps, guidance=a.guidance,
-                   guidance_interval=interval, seed=a.seed, height=a.height, width=a.width, drop_tracks=a.drop_tracks)
+                   guidance_interval=interval, seed=a.seed, height=a.height, width=a.width, drop_tracks=a.drop_tracks,
+                   shift_target_tracks=a.shift_target_tracks)
     if a.num_queries:
         options["num_queries"] = a.num_queries
     if a.query_frames:

@@ -30,6 +30,7 @@ from track2view.inference.step_cache import enable_step_cache, recorded_mag_rati
 from track2view.inference.trajectories import Trajectory, load_poses, make_trajectory, resolve_name, scene_scale
 from track2view.model.export import ExportInfo
 from track2view.trackers.queries import DEFAULT_NUM_QUERIES, MAX_QUERIES, QUERY_FRAMES
+from track2view.tracks import TARGET
 from track2view.video_size import video_size_problem
 
 CAMERA_KINDS = ("tracks", "camera")  # the kinds that take a target trajectory (and so need the source's tracks)
@@ -68,6 +69,7 @@ class RerenderRequest:
     overlay: bool = False
     save_tracks: bool = False
     drop_tracks: bool = False  # every track marked invalid in the model's input (a diagnostic of the tracks kind)
+    shift_target_tracks: float = 0.0  # the target view's tracks moved right by this fraction of the width (diagnostic)
     overwrite: bool = False  # replace existing output files (never a directory)
 
 
@@ -226,17 +228,22 @@ class Rerenderer:
             prep = prepare_tracks(tracking, trajectory, request.num_frames, image_size=(request.height, request.width),
                                   num_tracks=request.num_queries)
             source_c2w = np.asarray(tracking.c2w[:request.num_frames], np.float64)
-            inputs = conditioning_inputs(self.kind, prep, source_c2w, units, drop_tracks=request.drop_tracks)
+            inputs = conditioning_inputs(self.kind, prep, source_c2w, units, drop_tracks=request.drop_tracks,
+                                         shift_target_tracks=request.shift_target_tracks)
             views.append(View(trajectory.name, inputs, prep, source_c2w))
         return views
 
 
 def conditioning_inputs(kind: str, prepared, source_c2w: np.ndarray, units_per_metre: float,
-                        stride: int = 4, drop_tracks: bool = False) -> dict:
+                        stride: int = 4, drop_tracks: bool = False, shift_target_tracks: float = 0.0) -> dict:
     """The pipeline inputs of conditioning `kind` for one prepared trajectory (reprojection.PreparedTracks);
-    `drop_tracks`: the tracks all marked invalid (the conditioner then adds nothing: the model without them)."""
+    `drop_tracks`: the tracks all marked invalid (the conditioner then adds nothing: the model without them);
+    `shift_target_tracks`: the target view's tracks moved right by this fraction of the frame width (those that leave
+    it invalid): a model that places content where its tracks say moves its re-render by as much."""
     if kind == "tracks":
         tracks = prepared.latent
+        if shift_target_tracks:
+            tracks = tracks.shifted(TARGET, shift_target_tracks)
         return {"tracks": replace(tracks, valid=tracks.valid & False) if drop_tracks else tracks}
     if kind == "camera":
         from track2view.conditioning.camera import relative_camera_features
@@ -260,6 +267,9 @@ def check_request(r: RerenderRequest, kind: str) -> None:
                              f"or camera conditioning")
     for name in r.trajectories:
         resolve_name(name)
+    if r.shift_target_tracks and kind != "tracks":
+        raise InputError(f"--shift-target-tracks moves the target tracks of a 'tracks' export; this export's "
+                         f"conditioning is {kind!r}")
     if r.drop_tracks and kind != "tracks":
         raise InputError(f"--drop-tracks marks the tracks of a 'tracks' export invalid; this export's conditioning is "
                          f"{kind!r}: drop the flag")
