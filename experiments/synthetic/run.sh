@@ -50,7 +50,9 @@ arm_config() {
 }
 schemes() { for arm in $ARMS; do arm_queries "$arm"; done | sort -u; }
 # what `generate` writes: every arm, and with `tracks` also `tracks_dropped` (its export with every track marked
-# invalid: what the conditioner adds is the difference) and `tracks+CACHE` per step cache (scored against `tracks`)
+# invalid: what the conditioner adds is the difference), `tracks_shifted` (its target tracks moved by SHIFT: not
+# scored, track_following.py reads whether the content moved with them) and `tracks+CACHE` per step cache (scored
+# against `tracks`)
 generated_rows() {
   echo $ARMS
   case " $ARMS " in

@@ -238,12 +238,9 @@ def conditioning_inputs(kind: str, prepared, source_c2w: np.ndarray, units_per_m
                         stride: int = 4, drop_tracks: bool = False, shift_target_tracks: float = 0.0) -> dict:
     """The pipeline inputs of conditioning `kind` for one prepared trajectory (reprojection.PreparedTracks);
     `drop_tracks`: the tracks all marked invalid (the conditioner then adds nothing: the model without them);
-    `shift_target_tracks`: the target view's tracks moved right by this fraction of the frame width (those that leave
-    it invalid): a model that places content where its tracks say moves its re-render by as much."""
+    `shift_target_tracks`: the target tracks moved right by this fraction of the width (a track-following probe)."""
     if kind == "tracks":
-        tracks = prepared.latent
-        if shift_target_tracks:
-            tracks = tracks.shifted(TARGET, shift_target_tracks)
+        tracks = prepared.latent.shifted(TARGET, shift_target_tracks) if shift_target_tracks else prepared.latent
         return {"tracks": replace(tracks, valid=tracks.valid & False) if drop_tracks else tracks}
     if kind == "camera":
         from track2view.conditioning.camera import relative_camera_features
@@ -269,7 +266,7 @@ def check_request(r: RerenderRequest, kind: str) -> None:
         resolve_name(name)
     if r.shift_target_tracks and kind != "tracks":
         raise InputError(f"--shift-target-tracks moves the target tracks of a 'tracks' export; this export's "
-                         f"conditioning is {kind!r}")
+                         f"conditioning is {kind!r}: drop the flag")
     if r.drop_tracks and kind != "tracks":
         raise InputError(f"--drop-tracks marks the tracks of a 'tracks' export invalid; this export's conditioning is "
                          f"{kind!r}: drop the flag")
