@@ -129,5 +129,5 @@ def test_track_following_reads_a_known_shift_as_gain_one_and_none_as_zero(run_di
                                  "--shift", str(6 / width), "--frames", "0,4"]) == 0
     gains = [float(line.split("gain ")[1].split(";")[0]) for line in capsys.readouterr().out.splitlines()[1:]]
     assert len(gains) == 2 and all(g == pytest.approx(1.0, abs=0.2) for g in gains)
-    moved, _, clips = track_following.following(generated / "truth", generated / "truth", [0, 4])
+    moved, _, clips, _ = track_following.following(generated / "truth", generated / "truth", [0, 4])
     assert clips == 3 and np.abs(moved).max() < 0.5

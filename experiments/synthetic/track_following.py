@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from summarize import frame_psnrs  # this folder's (the script's own directory is on sys.path)
+
 
 def displacement(a: np.ndarray, b: np.ndarray) -> float:
     """Horizontal displacement [px] of frame b relative to frame a (uint8 [H, W, 3])."""
@@ -28,13 +30,9 @@ def displacement(a: np.ndarray, b: np.ndarray) -> float:
     return float(dx)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
-
-
-def following(base_dir: Path, shifted_dir: Path, frames: list[int]) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mean displacement [px] per frame, mean PSNR between the rows per frame, clips) over the clips both hold."""
+def following(base_dir: Path, shifted_dir: Path, frames: list[int]) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(mean displacement [px] per frame, mean PSNR between the rows per frame, clips, frame width [px]) over the
+    clips both rows hold."""
     from track2view.io import read_video
 
     keys = sorted(p.parent.name for p in shifted_dir.glob("*/video.mp4")
@@ -47,8 +45,8 @@ def following(base_dir: Path, shifted_dir: Path, frames: list[int]) -> tuple[np.
         if max(frames) >= min(len(a), len(b)):
             raise SystemExit(f"error: --frames {max(frames)} is past the clip's {min(len(a), len(b))} frames ({key})")
         moved.append([displacement(a[t], b[t]) for t in frames])
-        similar.append([psnr(a[t], b[t]) for t in frames])
-    return np.mean(moved, 0), np.mean(similar, 0), len(keys)
+        similar.append(frame_psnrs(a[frames], b[frames]))
+    return np.mean(moved, 0), np.mean(similar, 0), len(keys), a.shape[2]
 
 
 def main(argv=None) -> int:
@@ -61,10 +59,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     generated = Path(a.out_dir) / "eval" / "generated"
     frames = [int(t) for t in a.frames.split(",")]
-    moved, similar, clips = following(generated / a.row, generated / a.shifted, frames)
-    from track2view.io import read_video
-
-    width = read_video(next((generated / a.row).glob("*/video.mp4")))[0].shape[2]
+    moved, similar, clips, width = following(generated / a.row, generated / a.shifted, frames)
     expected = a.shift * width
     print(f"{a.shifted} vs {a.row} ({clips} clips; target tracks moved {expected:+.1f} px):")
     for t, dx, db in zip(frames, moved, similar):
